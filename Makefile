@@ -1,0 +1,58 @@
+# pacs-node: the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch and torchvision are installed as a pinned pair before the package itself, so the
+# package's open ranges never pull a second multi-gigabyte build. Override for another platform,
+# e.g. `make install TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"` on aarch64.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+CONFIG ?= config.yaml
+STAMP := $(VENV)/.pacs-node-installed
+# Debian packages of the peers the tests talk to (dcmtk, dciodvfy, Orthanc with DICOMweb).
+PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install run test peers lint bench demo-weights clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_SPEC)
+	$(PIP) install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/pacs-node serve --config $(CONFIG)
+
+peers:
+	@missing=""; \
+	for cmd in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc; do \
+	  command -v $${cmd%%:*} >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
+	done; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing test peers:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: install peers
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/synth_speed.py
+
+# Reproduces models/weights/demo_global_pool.pt from synthetic data only (about 30 min on 2 CPU cores).
+demo-weights: install
+	$(VENV)/bin/pacs-node train --model-type global_pool --synthetic --demo \
+	  --out models/weights/demo_global_pool.pt
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""Global pooling classifier with class activation maps (seed 000 §II.C.3).
+
+The lower-bound model of seed 000 and the CheXNet-GAP / Wang-LSE baselines of seed 001
+Table 1 and seed 003 Table 1: a ConvNet, a transition layer, a global pooling layer (AVG,
+MAX or LSE) and a prediction layer. The heatmap is the prediction layer's weights convolved
+with the transition layer's maps (the CAM), so localisation comes for free.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import build_backbone
+from .pooling import GlobalPool
+
+__all__ = ["GlobalPoolClassifier"]
+
+
+class GlobalPoolClassifier(nn.Module):
+    """Backbone -> transition layer -> global pooling -> prediction layer; CAM heatmaps.
+
+    Args:
+        num_classes: classes of the prediction layer; class 0 is "normal".
+        backbone: see :func:`models.nets.backbones.build_backbone`.
+        stages: residual stages kept in a ResNet backbone.
+        pooling: ``"avg"``, ``"max"`` or ``"lse"``.
+        lse_r: LSE sharpness ``r``.
+        transition_channels: ``D``, the unified channel count of the transition layer.
+        in_channels: input channels (1 for radiographs).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 2,
+        backbone: str = "resnet18",
+        stages: int = 4,
+        pooling: str = "lse",
+        lse_r: float = 10.0,
+        transition_channels: int = 256,
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.features, channels = build_backbone(backbone, in_channels=in_channels, stages=stages)
+        # Transition layer (§II.C.3 1): maps the backbone maps to S x S x D.
+        self.transition = nn.Sequential(
+            nn.Conv2d(channels, transition_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(transition_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = GlobalPool(pooling, r=lse_r)
+        self.prediction = nn.Linear(transition_channels, num_classes)
+
+    def transition_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transition(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, C)."""
+        return self.prediction(self.pool(self.transition_maps(x)))
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (N, C) and class activation maps (N, C, H, W) at the input size.
+
+        The maps are the prediction weights applied at every position of the transition
+        maps (plus the bias), upsampled bilinearly to the input (seed 000 §III).
+        """
+        maps = self.transition_maps(x)
+        logits = self.prediction(self.pool(maps))
+        cams = torch.einsum("cd,ndhw->nchw", self.prediction.weight, maps)
+        cams = cams + self.prediction.bias.view(1, -1, 1, 1)
+        cams = F.interpolate(cams, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, cams
+
+
+def fracture_heatmap(cams: torch.Tensor) -> torch.Tensor:
+    """Per-pixel fracture probability (N, H, W) from class maps: 1 - softmax(normal)."""
+    return 1.0 - torch.softmax(cams, dim=1)[:, 0]

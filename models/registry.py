@@ -1,0 +1,286 @@
+"""Model registry and the inference contract the workers call.
+
+A model is a checkpoint file that carries its own metadata (:class:`ModelMetadata`): model
+type, classes, input size, preprocessing, training data and recipe, version, and whether it
+is a synthetic-data demo. :func:`load_model` reads it (``torch.load(weights_only=True)``: a
+checkpoint can never execute code) and returns a :class:`FractureModel`.
+
+The inference contract
+----------------------
+``FractureModel.predict(views)`` takes a sequence of views, each a ``pydicom.Dataset`` of a
+radiograph or an already :class:`~models.preprocess.PreparedView`, and returns one
+:class:`ViewPrediction` per view, in order:
+
+- ``probabilities``: class name -> probability (sums to 1; class 0 is ``"normal"``);
+- ``fracture_probability``: ``1 - probabilities["normal"]``;
+- ``heatmap``: float32 array on the view's **original** pixel grid (Rows x Columns), values
+  in [0, 1], the per-pixel fracture evidence;
+- ``findings``: fracture candidates, highest score first, each with a score, a point and a
+  box in original pixel coordinates ((x, y) = (column, row), centre of the top-left pixel at
+  (0, 0)).
+
+Views are batched, run under ``torch.inference_mode`` on CUDA when available (else CPU).
+A view that cannot be decoded raises :class:`~models.preprocess.PreprocessError` from
+:meth:`FractureModel.prepare`; callers that must not fail a whole study prepare each view
+first and pass the prepared ones to ``predict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pydicom
+import torch
+from torch import nn
+
+from .preprocess import PreparedView, prepare_view, warp_to_original
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DEMO_WEIGHTS",
+    "Finding",
+    "FractureModel",
+    "ModelMetadata",
+    "ModelTypeSpec",
+    "ViewPrediction",
+    "load_model",
+    "model_types",
+    "register_model_type",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "pacs-node-model/1"
+DEMO_WEIGHTS = Path(__file__).parent / "weights" / "demo_global_pool.pt"
+SYNTHETIC_NOTICE = (
+    "Trained only on synthetic radiographs: a software demonstration, not for diagnostic "
+    "or clinical use."
+)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a checkpoint says about its model (STYLE.md #9)."""
+
+    model_type: str
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    input_size: int
+    architecture: dict[str, Any]
+    preprocessing: dict[str, Any] = field(default_factory=lambda: {"mode": "pad", "align": False})
+    training: dict[str, Any] = field(default_factory=dict)
+    synthetic_demo: bool = False
+    intended_use: str = ""
+    finding_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if len(self.classes) < 2 or self.classes[0] != "normal":
+            raise ValueError(f"classes must start with 'normal' and have 2+ entries: {self.classes}")
+        if self.input_size < 32:
+            raise ValueError(f"input_size must be at least 32, got {self.input_size}")
+        if not 0.0 < self.finding_threshold < 1.0:
+            raise ValueError(f"finding_threshold must lie in (0, 1), got {self.finding_threshold}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["classes"] = list(self.classes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown checkpoint metadata keys: {sorted(unknown)}")
+        return cls(**{**data, "classes": tuple(data["classes"])})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A fracture candidate in original pixel coordinates."""
+
+    score: float
+    point: tuple[float, float]
+    box: tuple[float, float, float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "point": list(self.point),
+            "box": None if self.box is None else list(self.box),
+        }
+
+
+@dataclass(frozen=True)
+class ViewPrediction:
+    """The model's answer for one view (see the module docstring)."""
+
+    probabilities: dict[str, float]
+    fracture_probability: float
+    heatmap: np.ndarray
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class ModelTypeSpec:
+    """How to build a model type's network and run it.
+
+    ``build(**architecture)`` returns the network; ``infer(network, batch)`` maps a float
+    batch (N, 1, S, S) to class probabilities (N, C) and heatmaps (N, S, S) in [0, 1].
+    """
+
+    build: Callable[..., nn.Module]
+    infer: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+_MODEL_TYPES: dict[str, ModelTypeSpec] = {}
+
+
+def register_model_type(name: str, spec: ModelTypeSpec) -> None:
+    """Make ``name`` loadable from checkpoints."""
+    if name in _MODEL_TYPES and _MODEL_TYPES[name] is not spec:
+        raise ValueError(f"model type {name!r} is already registered")
+    _MODEL_TYPES[name] = spec
+
+
+def model_types() -> tuple[str, ...]:
+    _register_builtin()
+    return tuple(sorted(_MODEL_TYPES))
+
+
+def _register_builtin() -> None:
+    # Imported lazily so that importing the registry stays cheap and cycle-free.
+    from . import builtin_types  # noqa: F401
+
+
+def save_checkpoint(path: Path, network: nn.Module, metadata: ModelMetadata) -> None:
+    """Write ``network``'s weights and ``metadata`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "metadata": metadata.to_dict(), "state_dict": state},
+               tmp)
+    tmp.replace(path)
+
+
+def load_model(path: Path | str | None = None, *, device: str | None = None) -> FractureModel:
+    """Load a checkpoint (the demo weights when ``path`` is None)."""
+    _register_builtin()
+    path = Path(path) if path is not None else DEMO_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a pacs-node checkpoint ({CHECKPOINT_FORMAT})")
+    metadata = ModelMetadata.from_dict(blob["metadata"])
+    spec = _MODEL_TYPES.get(metadata.model_type)
+    if spec is None:
+        raise ValueError(f"{path}: unknown model type {metadata.model_type!r}; "
+                         f"known: {sorted(_MODEL_TYPES)}")
+    network = spec.build(**metadata.architecture)
+    network.load_state_dict(blob["state_dict"])
+    return FractureModel(metadata, network, spec, device=device)
+
+
+class FractureModel:
+    """A loaded model: preprocessing, batched inference and mapping back to the source grid."""
+
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        network: nn.Module,
+        spec: ModelTypeSpec,
+        *,
+        device: str | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.network = network.to(self.device).eval()
+        self._spec = spec
+
+    @property
+    def notice(self) -> str:
+        """The sentence every output made with this model must carry."""
+        return SYNTHETIC_NOTICE if self.metadata.synthetic_demo else self.metadata.intended_use
+
+    def prepare(self, ds: pydicom.Dataset) -> PreparedView:
+        """Preprocess one DICOM view as the model was trained (raises ``PreprocessError``)."""
+        pre = self.metadata.preprocessing
+        return prepare_view(
+            ds,
+            size=self.metadata.input_size,
+            mode=pre.get("mode", "pad"),
+            align=bool(pre.get("align", False)),
+            heuristic_inversion=bool(pre.get("heuristic_inversion", True)),
+        )
+
+    def predict(
+        self,
+        views: Sequence[pydicom.Dataset | PreparedView],
+        *,
+        batch_size: int = 8,
+    ) -> list[ViewPrediction]:
+        """One :class:`ViewPrediction` per view, in order (see the module docstring)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        prepared = [v if isinstance(v, PreparedView) else self.prepare(v) for v in views]
+        results: list[ViewPrediction] = []
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start:start + batch_size]
+            probs, heatmaps = self.infer_arrays([p.image for p in chunk])
+            for view, p, h in zip(chunk, probs, heatmaps, strict=True):
+                results.append(self._view_prediction(view, p, h))
+        return results
+
+    def infer_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N, C) and input-grid heatmaps (N, S, S) for prepared images."""
+        size = self.metadata.input_size
+        for img in images:
+            if img.shape != (size, size):
+                raise ValueError(f"prepared image has shape {img.shape}, model wants {size}x{size}")
+        batch = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))[:, None]
+        with torch.inference_mode():
+            probs, heatmaps = self._spec.infer(self.network, batch.to(self.device))
+        return probs.float().cpu().numpy(), heatmaps.float().cpu().numpy()
+
+    def _view_prediction(
+        self, view: PreparedView, probs: np.ndarray, heatmap: np.ndarray
+    ) -> ViewPrediction:
+        probabilities = {c: float(p) for c, p in zip(self.metadata.classes, probs, strict=True)}
+        original = warp_to_original(heatmap, view.transform, view.original_shape)
+        original = np.clip(original, 0.0, 1.0).astype(np.float32, copy=False)
+        return ViewPrediction(
+            probabilities=probabilities,
+            fracture_probability=float(1.0 - probabilities["normal"]),
+            heatmap=original,
+            findings=extract_findings(original, self.metadata.finding_threshold),
+        )
+
+
+def extract_findings(heatmap: np.ndarray, threshold: float) -> tuple[Finding, ...]:
+    """Connected regions of ``heatmap >= threshold`` as findings, best first.
+
+    Score is the region's peak value, the point its peak location, the box its extent
+    (seed 003 "Evaluation metrics": components become boxes).
+    """
+    mask = (heatmap >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    findings = []
+    for label in range(1, count):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        window = np.where(labels[y:y + h, x:x + w] == label, heatmap[y:y + h, x:x + w], -1.0)
+        row, col = np.unravel_index(int(np.argmax(window)), window.shape)
+        findings.append(Finding(
+            score=float(window[row, col]),
+            point=(float(x + col), float(y + row)),
+            box=(float(x), float(y), float(x + w - 1), float(y + h - 1)),
+        ))
+    findings.sort(key=lambda f: -f.score)
+    return tuple(findings)

@@ -1,0 +1,247 @@
+"""Training of the registered model types (``pacs-node train``).
+
+One run: prepare the data once, split it by study into training and validation, train with
+the seed papers' recipe (weighted cross entropy, seed 000 eq. 1-2; class-balanced sampler,
+seed 004 eq. 4.3; seed 000 §III augmentations), keep ``last.pt`` every epoch and ``best.pt``
+at the best validation AUROC, and write ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .augment import AugmentConfig, Augmenter
+from .data import LABEL_SETS, AugmentedViews, PreparedSet, split_by_study
+from .metrics import binary_metrics
+from .nets import GlobalPoolClassifier
+from .registry import SYNTHETIC_NOTICE, ModelMetadata, save_checkpoint
+from .sampling import balanced_sampler, class_weights
+
+__all__ = ["TrainConfig", "TrainResult", "seed_everything", "train"]
+
+BALANCE_MODES = ("sampler", "weights", "both", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe; every field ends up in the checkpoint metadata."""
+
+    model_type: str = "global_pool"
+    backbone: str = "resnet18"
+    stages: int = 3
+    pooling: str = "lse"
+    lse_r: float = 10.0
+    transition_channels: int = 256
+    input_size: int = 256
+    preprocess_mode: str = "pad"
+    label_set: str = "binary"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    balance: str = "sampler"
+    val_fraction: float = 0.15
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    name: str = "global_pool"
+    version: str = "0.1.0"
+    synthetic_demo: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_type != "global_pool":
+            raise ValueError(f"model type {self.model_type!r} cannot be trained yet; "
+                             "available: global_pool")
+        if self.label_set not in LABEL_SETS:
+            raise ValueError(f"label_set must be one of {sorted(LABEL_SETS)}")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs and batch_size must be positive and lr > 0")
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    summary: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _build_network(config: TrainConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    arch = {
+        "num_classes": num_classes,
+        "backbone": config.backbone,
+        "stages": config.stages,
+        "pooling": config.pooling,
+        "lse_r": config.lse_r,
+        "transition_channels": config.transition_channels,
+        "in_channels": 1,
+    }
+    return GlobalPoolClassifier(**arch), arch
+
+
+def _predict_scores(network: nn.Module, data: PreparedSet, device: torch.device,
+                    batch_size: int) -> np.ndarray:
+    network.eval()
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(data.labels), batch_size):
+            batch = data.images[start:start + batch_size].float().unsqueeze(1).to(device)
+            probs.append(torch.softmax(network(batch), dim=1).cpu())
+    return torch.cat(probs).numpy()
+
+
+def train(
+    config: TrainConfig,
+    data: PreparedSet,
+    run_dir: Path,
+    *,
+    data_description: dict[str, Any],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train on ``data`` (split by study into train/validation); checkpoints go to ``run_dir``."""
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classes = LABEL_SETS[config.label_set]
+    train_idx, val_idx = split_by_study(data.entries, config.val_fraction, config.seed)
+    train_set, val_set = data.subset(train_idx), data.subset(val_idx)
+    labels = train_set.labels.tolist()
+    if len(set(labels)) < 2:
+        raise ValueError("the training split holds a single class: nothing to learn")
+
+    network, arch = _build_network(config, len(classes))
+    network.to(device)
+    use_weights = config.balance in ("weights", "both")
+    weights = class_weights(labels, len(classes)) if use_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    g = torch.Generator().manual_seed(config.seed)
+    views = AugmentedViews(train_set, augmenter=Augmenter(config.augment), seed=config.seed)
+    if config.balance in ("sampler", "both"):
+        sampler = balanced_sampler(labels, len(classes), generator=g)
+        loader = DataLoader(views, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    else:
+        loader = DataLoader(views, batch_size=config.batch_size, shuffle=True, generator=g,
+                            drop_last=True)
+    steps = config.epochs * max(1, len(loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    history: list[dict[str, Any]] = []
+    best_score = -math.inf
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        views.set_epoch(epoch)
+        network.train()
+        total, count = 0.0, 0
+        for step, (images, targets) in enumerate(loader, start=1):
+            images, targets = images.to(device), targets.to(device)
+            loss = loss_fn(network(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss) * len(targets)
+            count += len(targets)
+            if on_batch is not None:
+                on_batch(step, len(loader))
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1),
+                                  "seconds": round(time.perf_counter() - started, 1)}
+        if len(val_set.labels):
+            probs = _predict_scores(network, val_set, device, config.batch_size)
+            truth = (val_set.labels > 0).int().numpy()
+            val = binary_metrics(truth, 1.0 - probs[:, 0])
+            record["val_auroc"] = val["auroc"]
+            record["val_accuracy"] = val["accuracy"]
+            score = val["auroc"] if not math.isnan(val["auroc"]) else -record["train_loss"]
+        else:
+            score = -record["train_loss"]
+        history.append(record)
+        metadata = _metadata(config, arch, classes, data_description, history,
+                             len(train_idx), len(val_idx))
+        save_checkpoint(last_path, network, metadata)
+        if score > best_score:
+            best_score = score
+            shutil.copyfile(last_path, best_path)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    summary = {
+        "config": _config_dict(config),
+        "data": data_description,
+        "train_views": len(train_idx),
+        "val_views": len(val_idx),
+        "history": history,
+        "best_val_score": best_score,
+        "seconds": round(time.perf_counter() - started, 1),
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "checkpoints": {"best": str(best_path), "last": str(last_path)},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, summary=summary)
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["augment"] = dataclasses.asdict(config.augment)
+    return data
+
+
+def _metadata(
+    config: TrainConfig,
+    arch: dict[str, Any],
+    classes: tuple[str, ...],
+    data_description: dict[str, Any],
+    history: list[dict[str, Any]],
+    n_train: int,
+    n_val: int,
+) -> ModelMetadata:
+    return ModelMetadata(
+        model_type=config.model_type,
+        name=config.name,
+        version=config.version,
+        classes=classes,
+        input_size=config.input_size,
+        architecture=arch,
+        preprocessing={"mode": config.preprocess_mode, "align": False,
+                       "heuristic_inversion": True},
+        training={
+            "data": data_description,
+            "recipe": _config_dict(config),
+            "train_views": n_train,
+            "val_views": n_val,
+            "history": history,
+        },
+        synthetic_demo=config.synthetic_demo,
+        intended_use=SYNTHETIC_NOTICE if config.synthetic_demo else "research use",
+    )

@@ -1,0 +1,3 @@
+"""pacs-node: the node's edges (configuration, command line, DICOM network services)."""
+
+__all__: list[str] = []

@@ -1,0 +1,213 @@
+"""The ``pacs-node`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="pacs-node: fracture detection beside your PACS.")
+console = Console(stderr=True)
+
+
+class Anatomy(str, Enum):
+    hip = "hip"
+    wrist = "wrist"
+    mixed = "mixed"
+
+
+class LabelSet(str, Enum):
+    binary = "binary"
+    ao = "ao"
+    garden = "garden"
+
+
+class Balance(str, Enum):
+    sampler = "sampler"
+    weights = "weights"
+    both = "both"
+    none = "none"
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write the DICOM files and manifest.jsonl")],
+    studies: Annotated[int, typer.Option(min=1, help="Number of studies")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files")] = 0,
+    anatomy: Annotated[Anatomy, typer.Option(help="Anatomy of the phantoms")] = Anatomy.mixed,
+    size: Annotated[int, typer.Option(min=64, max=4096, help="Image size in pixels")] = 512,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel processes")] = 1,
+) -> None:
+    """Write synthetic radiograph studies (DICOM) with a ground-truth manifest."""
+    from models.synth import generate_dataset
+
+    with _progress() as bar:
+        task = bar.add_task("synthesising studies", total=studies)
+        summary = generate_dataset(
+            out, studies=studies, seed=seed, anatomy=anatomy.value, size=size, workers=workers,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console.print(f"wrote {summary.images} images in {summary.studies} studies to {out} "
+                  f"(manifest: {summary.manifest})")
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Where to write the trained checkpoint")],
+    model_type: Annotated[str, typer.Option(help="Model type to train")] = "global_pool",
+    data: Annotated[Path | None, typer.Option(help="Data set folder (DICOM + manifest.jsonl)")]
+    = None,
+    synthetic: Annotated[bool, typer.Option(help="Train on freshly generated synthetic data")]
+    = False,
+    synthetic_studies: Annotated[int, typer.Option(min=2)] = 400,
+    data_seed: Annotated[int, typer.Option(help="Seed of the synthetic training set")] = 1000,
+    run_dir: Annotated[Path | None, typer.Option(help="Checkpoints and summary.json")] = None,
+    backbone: Annotated[str, typer.Option(help="resnet18 | resnet50 | densenet121")] = "resnet18",
+    stages: Annotated[int, typer.Option(min=1, max=4, help="ResNet stages kept")] = 3,
+    pooling: Annotated[str, typer.Option(help="avg | max | lse")] = "lse",
+    lse_r: Annotated[float, typer.Option(help="LSE sharpness r")] = 10.0,
+    input_size: Annotated[int, typer.Option(min=32)] = 256,
+    label_set: Annotated[LabelSet, typer.Option()] = LabelSet.binary,
+    balance: Annotated[Balance, typer.Option(help="Class balancing")] = Balance.sampler,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling, augmentation")]
+    = 0,
+    demo: Annotated[bool, typer.Option(help="Mark the checkpoint as the synthetic demo")]
+    = False,
+    name: Annotated[str | None, typer.Option(help="Model name in the metadata")] = None,
+) -> None:
+    """Train a model and write a checkpoint that carries its metadata."""
+    import shutil
+
+    from models.data import prepare_dataset
+    from models.train import TrainConfig
+    from models.train import train as run_training
+
+    if (data is None) == (not synthetic):
+        _fail("give exactly one of --data DIR or --synthetic")
+    if demo and not synthetic:
+        _fail("--demo weights must be trained on --synthetic data only")
+    try:
+        config = TrainConfig(
+            model_type=model_type, backbone=backbone, stages=stages, pooling=pooling,
+            lse_r=lse_r, input_size=input_size, label_set=label_set.value,
+            balance=balance.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            name=name or ("demo_global_pool" if demo else model_type),
+            synthetic_demo=demo or synthetic,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    run_dir = run_dir or Path("runs") / f"{model_type}-seed{seed}"
+    if synthetic:
+        from models.synth import generate_dataset
+
+        data = run_dir / f"synthetic-seed{data_seed}-n{synthetic_studies}"
+        if not (data / "manifest.jsonl").is_file():
+            with _progress() as bar:
+                task = bar.add_task("synthesising training studies", total=synthetic_studies)
+                generate_dataset(data, studies=synthetic_studies, seed=data_seed,
+                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
+        description = {"kind": "synthetic", "generator": "models.synth", "seed": data_seed,
+                       "studies": synthetic_studies}
+    else:
+        description = {"kind": "folder", "path": str(data)}
+    if data is None:  # unreachable: checked above; keeps the type checker informed
+        _fail("no data set")
+        return
+    with _progress() as bar:
+        task = bar.add_task("preprocessing views", total=None)
+        prepared = prepare_dataset(
+            data, size=input_size, label_set=label_set.value,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
+    description["views"] = len(prepared.labels)
+    console.print(f"{len(prepared.labels)} views, {int((prepared.labels > 0).sum())} positive")
+
+    with _progress() as bar:
+        task = bar.add_task("epoch 1", total=None)
+
+        def on_batch(step: int, total: int) -> None:
+            bar.update(task, completed=step, total=total)
+
+        def on_epoch(record: dict[str, object]) -> None:
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in record.items())
+            bar.console.print(shown)
+            bar.update(task, description=f"epoch {int(record['epoch']) + 1}", completed=0)
+
+        result = run_training(config, prepared, run_dir, data_description=description,
+                              on_epoch=on_epoch, on_batch=on_batch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.best_checkpoint, out)
+    console.print(f"best checkpoint -> {out}; run summary -> {run_dir / 'summary.json'}")
+
+
+@app.command()
+def evaluate(
+    weights: Annotated[Path, typer.Option(help="Checkpoint to evaluate")],
+    data: Annotated[Path, typer.Option(help="Data set folder (DICOM + manifest.jsonl)")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    predictions_out: Annotated[Path | None, typer.Option(help="One JSON line per image")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """Evaluate a checkpoint with the seed papers' metrics."""
+    from models.evaluate import evaluate as run_evaluation
+    from models.registry import load_model
+
+    try:
+        model = load_model(weights)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    with _progress() as bar:
+        task = bar.add_task("evaluating views", total=None)
+        report = run_evaluation(
+            model, data, predictions_out=predictions_out, batch_size=batch_size,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
+    if json_out:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    b = report["binary"]
+    console.print(f"[bold]{report['model']['name']}[/bold] {report['model']['version']} "
+                  f"on {report['views']} views ({report['positives']} positive)")
+    console.print(f"AUROC {b['auroc']:.4f}  S@R95 {b['s_at_r95']:.4f}  R@S95 {b['r_at_s95']:.4f}"
+                  f"  P@R95 {b['p_at_r95']:.4f}  F1 {b['f1']:.4f}")
+    if "froc" in report:
+        f = report["froc"]
+        console.print(f"FROC score {f['froc_score']:.4f}  Recall@0.1FP {f['recall_at_0.1fp']:.4f}")
+    if "localization" in report:
+        console.print(f"box mAP {report['localization']['map']:.4f}  CAM peak in box "
+                      f"{report['cam_peak_in_box']['rate']:.4f}")
+    if report["model"]["notice"]:
+        console.print(f"[yellow]{report['model']['notice']}[/yellow]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
