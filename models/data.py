@@ -143,6 +143,7 @@ def prepare_dataset(
     label_set: str = "binary",
     mode: str = "pad",
     align: bool = False,
+    heuristic_inversion: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> PreparedSet:
     """Decode and preprocess every view listed in ``root``'s manifest once."""
@@ -153,7 +154,8 @@ def prepare_dataset(
         file = (root / entry["path"]).resolve()
         if root.resolve() not in file.parents:
             raise ValueError(f"manifest path escapes the data set: {entry['path']!r}")
-        view = prepare_view(pydicom.dcmread(file), size=size, mode=mode, align=align)
+        view = prepare_view(pydicom.dcmread(file), size=size, mode=mode, align=align,
+                            heuristic_inversion=heuristic_inversion)
         views.append(view)
         labels.append(view_class(entry, label_set))
         rois.append(_roi_on_input(entry, view.transform))

@@ -218,7 +218,7 @@ class FractureModel:
             size=self.metadata.input_size,
             mode=pre.get("mode", "pad"),
             align=bool(pre.get("align", False)),
-            heuristic_inversion=bool(pre.get("heuristic_inversion", True)),
+            heuristic_inversion=bool(pre.get("heuristic_inversion", False)),
         )
 
     def predict(

@@ -49,6 +49,7 @@ class TrainConfig:
     transition_channels: int = 256
     input_size: int = 256
     preprocess_mode: str = "pad"
+    heuristic_inversion: bool = False
     label_set: str = "binary"
     epochs: int = 10
     batch_size: int = 32
@@ -233,8 +234,10 @@ def _metadata(
         classes=classes,
         input_size=config.input_size,
         architecture=arch,
+        # The corner heuristic (seed 004 §4.2.2.2) stays off: real CR/DX with white
+        # collimation borders look "inverted" to it; the tag decides.
         preprocessing={"mode": config.preprocess_mode, "align": False,
-                       "heuristic_inversion": True},
+                       "heuristic_inversion": config.heuristic_inversion},
         training={
             "data": data_description,
             "recipe": _config_dict(config),

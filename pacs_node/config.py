@@ -1,0 +1,190 @@
+"""Configuration: ``config.yaml`` read once into one settings model.
+
+Every key may be overridden from the environment as ``PACS_NODE__SECTION__KEY`` (for example
+``PACS_NODE__NODE__DIMSE_PORT=11113``; lists and objects as JSON). A bad configuration fails
+at start with :class:`ConfigError`, whose message names the offending key.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = [
+    "ConfigError",
+    "DeliverySettings",
+    "Destination",
+    "NodeSettings",
+    "PipelineSettings",
+    "QueueSettings",
+    "RouteRule",
+    "Settings",
+    "StorageSettings",
+    "StudySettings",
+    "load_settings",
+]
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("_CONFIG_FILE", default=None)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+def _ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not _AE_RE.match(stripped):
+        raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
+    return stripped
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeSettings(_Section):
+    ae_title: str = "PACSNODE"
+    dimse_host: str = "127.0.0.1"
+    dimse_port: int = Field(11112, ge=1, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=1, le=65535)
+    allowed_calling_aes: list[str] = Field(default_factory=list)  # empty = any
+    max_associations: int = Field(16, ge=1, le=1000)
+    max_pdu_bytes: int = Field(131072, ge=4096, le=4 * 1024 * 1024)
+    overwrite_conflicting_duplicates: bool = False
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _check_allowed(cls, values: list[str]) -> list[str]:
+        return [_ae_title(v) for v in values]
+
+
+class StorageSettings(_Section):
+    root: Path = Path("./var/store")
+    database_url: str = "sqlite:///./var/index.db"
+
+
+class QueueSettings(_Section):
+    broker_url: str = "memory://"  # embedded: the serve process runs the jobs itself
+    max_attempts: int = Field(3, ge=1, le=50)
+    lease_seconds: float = Field(600.0, gt=0)
+    enqueue_timeout_seconds: float = Field(120.0, gt=0)
+    reconcile_interval_seconds: float = Field(10.0, gt=0)
+
+
+class StudySettings(_Section):
+    stable_seconds: float = Field(5.0, ge=0)
+
+
+class RouteRule(_Section):
+    """Views matching every non-empty criterion go to ``model`` (``"demo"`` or a path)."""
+
+    name: str = "route"
+    model: str = "demo"
+    body_parts: list[str] = Field(default_factory=list)  # normalised terms, e.g. WRIST, HIP
+    view_positions: list[str] = Field(default_factory=list)
+    lateralities: list[str] = Field(default_factory=list)
+    sop_classes: list[str] = Field(default_factory=list)
+
+
+class PipelineSettings(_Section):
+    routes: list[RouteRule] = Field(default_factory=list)
+    aggregation: Literal["max", "mean", "noisy_or", "majority"] = "max"
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class Destination(_Section):
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class DeliverySettings(_Section):
+    max_attempts: int = Field(8, ge=1, le=100)
+    backoff_initial_seconds: float = Field(2.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0)
+    max_concurrent: int = Field(2, ge=1, le=32)
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PACS_NODE__", env_nested_delimiter="__", extra="forbid"
+    )
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {key}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (YAML) plus environment overrides into :class:`Settings`.
+
+    Relative storage paths are resolved against the current directory at start, so a node
+    keeps using the same folders whatever it does later.
+    """
+    source = str(path) if path is not None else "defaults"
+    file = Path(path) if path is not None else None
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError(f"configuration file not found: {file}")
+        try:
+            content = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of sections")
+    token = _CONFIG_FILE.set(file)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+    settings.storage.root = settings.storage.root.expanduser().resolve()
+    return settings
