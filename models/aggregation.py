@@ -79,6 +79,10 @@ def aggregate_study(
         SiteAggregate(site, aggregate(ps, method, threshold=threshold), len(ps))
         for site, ps in sorted(by_site.items())
     )
-    study_p = aggregate([s.probability for s in sites], method, threshold=threshold)
+    if method == "majority":
+        # A site votes positive when most of its views do; the study when most sites do.
+        study_p = float(np.mean([s.probability > 0.5 for s in sites]))
+    else:
+        study_p = aggregate([s.probability for s in sites], method, threshold=threshold)
     positive = study_p > 0.5 if method == "majority" else study_p >= threshold
     return StudyAggregate(study_p, bool(positive), method, threshold, sites)
