@@ -1,0 +1,3 @@
+"""Asynchronous work of pacs-node: the study pipeline and the DICOM result writers."""
+
+__all__: list[str] = []

@@ -1,0 +1,151 @@
+"""One Secondary Capture per processed view: the view with the heatmap, boxes and a banner.
+
+Built with :meth:`highdicom.sc.SCImage.from_ref_dataset`, so patient and study attributes
+come from the source. Each SC is RGB 8-bit, in a new series of the source study, derived
+(``DERIVED\\SECONDARY``), references its source (Source Image Sequence), carries the
+source's laterality and orientation (Laterality is Type 2C in General Series) and says
+that text is burned in (Burned In Annotation ``YES``: the banner, and whatever the source
+pixels already carried).
+"""
+
+from __future__ import annotations
+
+import pydicom
+from highdicom import PatientOrientationValuesBiped
+from highdicom.sc import SCImage
+from pydicom.dataset import Dataset
+
+from . import _codes as c
+from ._common import contributing_algorithm, evidence_header, series_description
+from .overlay import BANNER_TEXT, BANNER_WARN, display_image, render_overlay, resize_view
+from .types import AlgorithmInfo, StudyResult, ViewResult
+from .uids import result_uid, set_implementation
+
+__all__ = ["banner_lines", "build_secondary_captures", "study_verdict"]
+
+_NOT_DIAGNOSTIC = "SYNTHETIC DEMO MODEL - NOT FOR DIAGNOSTIC USE"
+_ORIENTATION_LETTERS = {v.value for v in PatientOrientationValuesBiped}
+
+
+def study_verdict(study: StudyResult) -> str:
+    """``"FRACTURE SUSPECTED p=0.87"`` or ``"NO FRACTURE DETECTED p=0.12"``."""
+    verdict = "FRACTURE SUSPECTED" if study.positive else "NO FRACTURE DETECTED"
+    return f"{verdict} p={study.fracture_probability:.2f}"
+
+
+def banner_lines(study: StudyResult, view: ViewResult, algorithm: AlgorithmInfo
+                 ) -> list[tuple[str, tuple[int, int, int]]]:
+    """The banner of one view's SC: (text, colour) per line."""
+    p = view.prediction.fracture_probability
+    n = len(view.prediction.findings)
+    site = f" ({view.site})" if view.site else ""
+    lines = [
+        (f"STUDY: {study_verdict(study)}  [{study.aggregation}, threshold "
+         f"{study.threshold:.2f}]", BANNER_WARN if study.positive else BANNER_TEXT),
+        (f"THIS VIEW{site}: p={p:.2f}, {n} candidate region{'s' if n != 1 else ''}", BANNER_TEXT),
+        (f"AI model {algorithm.name} {algorithm.version}: machine-generated, not reviewed",
+         BANNER_TEXT),
+    ]
+    if algorithm.synthetic_demo:
+        lines.append((_NOT_DIAGNOSTIC, BANNER_WARN))
+    return lines
+
+
+def _orientation(ds: Dataset) -> list[str] | None:
+    """The source's Patient Orientation when it is valid, else None (left empty: Type 2C).
+
+    It is set after construction: highdicom accepts single letters only ("L", not "LF").
+    """
+    value = ds.get("PatientOrientation")
+    values = [str(v).strip().upper() for v in (value or [])] if value is not None else []
+    valid = len(values) == 2 and all(v and set(v) <= _ORIENTATION_LETTERS for v in values)
+    return values if valid else None
+
+
+def _derivation(algorithm: AlgorithmInfo, scale: float) -> str:
+    text = (
+        f"Source rendered through its VOI LUT/window, bone bright; fracture evidence heatmap of "
+        f"{algorithm.name} {algorithm.version} blended in (JET, opacity grows with evidence), "
+        "candidate boxes and result banner burned in"
+    )
+    if abs(scale - 1.0) > 1e-9:
+        text += f"; image scaled by {scale:.4g}"
+    return text + "."
+
+
+def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: AlgorithmInfo,
+               job_key: str, series_number: int, max_size: int) -> SCImage:
+    source = view.source
+    display = display_image(source)
+    display, heatmap, findings, scale = resize_view(
+        display, view.prediction.heatmap, view.prediction.findings, max_size=max_size
+    )
+    lines = banner_lines(study, view, algorithm)
+    pixels = render_overlay(display, heatmap, findings, [t for t, _ in lines],
+                            line_colours=[col for _, col in lines])
+    laterality = c.laterality_of(source)
+    sc = SCImage.from_ref_dataset(
+        ref_dataset=evidence_header(source),
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=result_uid(job_key, "sc-series"),
+        series_number=series_number,
+        sop_instance_uid=result_uid(job_key, "sc", view.sop_instance_uid),
+        instance_number=index,
+        manufacturer=algorithm.manufacturer,
+        laterality=laterality if laterality in ("R", "L") else None,
+        patient_orientation=("L", "F"),  # replaced below
+        series_description=series_description("AI fracture heatmap", algorithm),
+        coding_schemes=[c.IHE_CODING_SCHEME],
+    )
+    sc.PatientOrientation = _orientation(source)
+    if "Laterality" not in sc and source.get("BodyPartExamined"):
+        sc.Laterality = None  # Type 2C: known to be unknown
+    if source.get("ImageLaterality"):
+        sc.ImageLaterality = source.ImageLaterality
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    sc.BurnedInAnnotation = "YES"
+    sc.ConversionType = "WSD"
+    sc.SecondaryCaptureDeviceManufacturer = algorithm.manufacturer
+    sc.SecondaryCaptureDeviceManufacturerModelName = algorithm.name[:64]
+    sc.SecondaryCaptureDeviceSoftwareVersions = algorithm.version[:64]
+    sc.DerivationDescription = _derivation(algorithm, scale)[:1024]
+    purpose = Dataset()
+    purpose.CodeValue = c.SOURCE_FOR_PROCESSING.value
+    purpose.CodingSchemeDesignator = c.SOURCE_FOR_PROCESSING.scheme_designator
+    purpose.CodeMeaning = c.SOURCE_FOR_PROCESSING.meaning
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    reference.PurposeOfReferenceCodeSequence = [purpose]
+    sc.SourceImageSequence = [reference]
+    notice = algorithm.notice or ""
+    sc.ImageComments = " ".join(
+        part for part in ("Machine-generated result, not reviewed by a physician.", notice) if part
+    )[:10240]
+    sc.ContributingEquipmentSequence.append(contributing_algorithm(algorithm))
+    set_implementation(sc.file_meta)
+    return sc
+
+
+def build_secondary_captures(
+    study: StudyResult,
+    algorithm: AlgorithmInfo,
+    *,
+    job_key: str,
+    series_number: int = 9002,
+    max_size: int = 2048,
+) -> list[pydicom.Dataset]:
+    """One Secondary Capture per processed view, in order, in one new series.
+
+    Views larger than ``max_size`` on their longer side are scaled down (aspect kept).
+    UIDs derive from ``job_key``. Raises :class:`~models.preprocess.PreprocessError` when a
+    view's pixels cannot be decoded.
+    """
+    return [
+        _build_one(i, view, study, algorithm, job_key, series_number, max_size)
+        for i, view in enumerate(study.views, start=1)
+    ]
