@@ -1,0 +1,104 @@
+"""Where instances and results live: the file store and the SQL index.
+
+Nothing is built at import time. An entry point does::
+
+    engine = create_engine_for(url)      # SQLite (WAL) or PostgreSQL (psycopg 3)
+    migrate(engine)                      # Alembic upgrade head; a no-op when up to date
+    sessions = session_factory(engine)
+    store = FileStore(data_dir / "instances")
+    store.remove_temp_files()            # once, before the first write
+
+and passes ``store`` and ``sessions`` down. The edges call :func:`ingest`; services use the
+repositories inside a transaction they commit (:func:`run_write` does the retries).
+Errors subclass :class:`StorageError` and carry their DIMSE and HTTP status.
+"""
+
+from ._db import run_write
+from .engine import begin_write, create_engine_for, migrate, session_factory
+from .errors import (
+    InvalidInstance,
+    InvalidQuery,
+    InvalidUID,
+    NotFound,
+    OutOfResources,
+    StorageError,
+)
+from .filestore import FileStore, StagedFile, StoredFile
+from .ingest import ingest
+from .meta import InstanceMeta, StoreOutcome
+from .repositories import (
+    INSTANCE_MATCHING_KEYS,
+    SERIES_MATCHING_KEYS,
+    STUDY_MATCHING_KEYS,
+    ExportRepository,
+    InstanceMatch,
+    InstanceRepository,
+    JobRepository,
+    QueryRepository,
+    SeriesMatch,
+    StudyListing,
+    StudyMatch,
+    StudyRepository,
+)
+from .schema import (
+    Base,
+    Export,
+    ExportState,
+    Instance,
+    InstanceSource,
+    Job,
+    JobState,
+    Patient,
+    Result,
+    Series,
+    Study,
+    StudyState,
+)
+from .uids import MAX_UID_LENGTH, is_valid_uid, validate_uid
+
+__all__ = [
+    "INSTANCE_MATCHING_KEYS",
+    "MAX_UID_LENGTH",
+    "SERIES_MATCHING_KEYS",
+    "STUDY_MATCHING_KEYS",
+    "Base",
+    "Export",
+    "ExportRepository",
+    "ExportState",
+    "FileStore",
+    "Instance",
+    "InstanceMatch",
+    "InstanceMeta",
+    "InstanceRepository",
+    "InstanceSource",
+    "InvalidInstance",
+    "InvalidQuery",
+    "InvalidUID",
+    "Job",
+    "JobRepository",
+    "JobState",
+    "NotFound",
+    "OutOfResources",
+    "Patient",
+    "QueryRepository",
+    "Result",
+    "Series",
+    "SeriesMatch",
+    "StagedFile",
+    "StorageError",
+    "StoreOutcome",
+    "StoredFile",
+    "Study",
+    "StudyListing",
+    "StudyMatch",
+    "StudyRepository",
+    "StudyState",
+    "begin_write",
+    "create_engine_for",
+    "ingest",
+    "is_valid_uid",
+    "migrate",
+    "run_write",
+    "session_factory",
+    "validate_uid",
+]

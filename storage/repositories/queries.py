@@ -1,0 +1,193 @@
+"""C-FIND / QIDO-RS queries over the index (Study Root: study, series, image level)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from ..schema import Instance, Patient, Series, Study
+from ._matching import date_match, int_match, string_match, text_of, time_match, uid_list_match
+
+__all__ = [
+    "INSTANCE_MATCHING_KEYS",
+    "SERIES_MATCHING_KEYS",
+    "STUDY_MATCHING_KEYS",
+    "InstanceMatch",
+    "QueryRepository",
+    "SeriesMatch",
+    "StudyMatch",
+]
+
+Filters = Mapping[str, object]
+_Matcher = Callable[[object], ColumnElement[bool] | None]
+AnySelect = Select[*tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class StudyMatch:
+    """A study-level C-FIND response (fields are DICOM keywords; patient data not in repr)."""
+
+    PatientName: str = field(repr=False)
+    PatientID: str = field(repr=False)
+    PatientBirthDate: str = field(repr=False)
+    PatientSex: str = field(repr=False)
+    StudyInstanceUID: str
+    StudyDate: str
+    StudyTime: str
+    AccessionNumber: str = field(repr=False)
+    StudyDescription: str
+    ModalitiesInStudy: str
+    NumberOfStudyRelatedSeries: int
+    NumberOfStudyRelatedInstances: int
+
+
+@dataclass(frozen=True)
+class SeriesMatch:
+    """A series-level C-FIND response (fields are DICOM keywords)."""
+
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    Modality: str
+    SeriesNumber: int | None
+    SeriesDescription: str
+    BodyPartExamined: str
+    Laterality: str
+    NumberOfSeriesRelatedInstances: int
+
+
+@dataclass(frozen=True)
+class InstanceMatch:
+    """An image-level C-FIND response (DICOM keywords), plus where the file is
+    (``relpath``, ``transfer_syntax_uid``: not part of the identifier)."""
+
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    SOPClassUID: str
+    SOPInstanceUID: str
+    InstanceNumber: int | None
+    Rows: int | None
+    Columns: int | None
+    relpath: str
+    transfer_syntax_uid: str
+
+
+def _modalities_in_study(value: object) -> ColumnElement[bool] | None:
+    # Multi-valued on both sides: a study matches when one of its series has one of the
+    # requested modalities.
+    wanted = [part for part in text_of(value).split("\\") if part]
+    conditions = [c for part in wanted
+                  if (c := string_match(Series.modality, part)) is not None]
+    if not conditions:
+        return None
+    return exists().where(Series.study_id == Study.id, or_(*conditions))
+
+
+_STUDY_KEYS: dict[str, _Matcher] = {
+    "PatientName": lambda v: string_match(Patient.patient_name, v, case_insensitive=True),
+    "PatientID": lambda v: string_match(Patient.patient_id, v),
+    "PatientBirthDate": lambda v: date_match(Patient.birth_date, v, "PatientBirthDate"),
+    "PatientSex": lambda v: string_match(Patient.sex, v),
+    "StudyInstanceUID": lambda v: uid_list_match(Study.study_instance_uid, v,
+                                                 "StudyInstanceUID"),
+    "StudyDate": lambda v: date_match(Study.study_date, v, "StudyDate"),
+    "StudyTime": lambda v: time_match(Study.study_time, v, "StudyTime"),
+    "AccessionNumber": lambda v: string_match(Study.accession_number, v),
+    "StudyDescription": lambda v: string_match(Study.study_description, v),
+    "ModalitiesInStudy": _modalities_in_study,
+}
+_SERIES_KEYS: dict[str, _Matcher] = {
+    "StudyInstanceUID": _STUDY_KEYS["StudyInstanceUID"],
+    "SeriesInstanceUID": lambda v: uid_list_match(Series.series_instance_uid, v,
+                                                  "SeriesInstanceUID"),
+    "Modality": lambda v: string_match(Series.modality, v),
+    "SeriesNumber": lambda v: int_match(Series.series_number, v, "SeriesNumber"),
+    "SeriesDescription": lambda v: string_match(Series.series_description, v),
+    "BodyPartExamined": lambda v: string_match(Series.body_part_examined, v),
+    "Laterality": lambda v: string_match(Series.laterality, v),
+}
+_INSTANCE_KEYS: dict[str, _Matcher] = {
+    "StudyInstanceUID": _STUDY_KEYS["StudyInstanceUID"],
+    "SeriesInstanceUID": _SERIES_KEYS["SeriesInstanceUID"],
+    "SOPInstanceUID": lambda v: uid_list_match(Instance.sop_instance_uid, v, "SOPInstanceUID"),
+    "SOPClassUID": lambda v: uid_list_match(Instance.sop_class_uid, v, "SOPClassUID"),
+    "InstanceNumber": lambda v: int_match(Instance.instance_number, v, "InstanceNumber"),
+}
+
+STUDY_MATCHING_KEYS = frozenset(_STUDY_KEYS)
+SERIES_MATCHING_KEYS = frozenset(_SERIES_KEYS)
+INSTANCE_MATCHING_KEYS = frozenset(_INSTANCE_KEYS)
+
+
+def _where(stmt: AnySelect, filters: Filters, keys: Mapping[str, _Matcher]) -> AnySelect:
+    for keyword, value in filters.items():
+        matcher = keys.get(keyword)
+        if matcher is not None and (condition := matcher(value)) is not None:
+            stmt = stmt.where(condition)
+    return stmt
+
+
+class QueryRepository:
+    """Study Root queries with DICOM matching on the keys in ``*_MATCHING_KEYS``.
+
+    Filter values follow PS3.4 C.2.2.2: empty or ``*`` matches everything; ``*`` and
+    ``?`` are wildcards (PatientName regardless of case, other strings case-sensitive);
+    dates and times take ranges (``20240101-20240131``, ``-0930``); UIDs take lists
+    separated by ``\\``. Keys with no matching support (return keys such as
+    ``NumberOfStudyRelatedInstances``) are ignored.
+
+    Raises:
+        InvalidQuery: a date, time, UID or number value that cannot be matched.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def find_studies(self, filters: Filters, *, limit: int | None = None) -> list[StudyMatch]:
+        n_series = (select(func.count(Series.id)).where(Series.study_id == Study.id)
+                    .correlate(Study).scalar_subquery())
+        n_instances = (select(func.count(Instance.id))
+                       .join(Series, Instance.series_id == Series.id)
+                       .where(Series.study_id == Study.id).correlate(Study).scalar_subquery())
+        stmt: AnySelect = (select(Patient.patient_name, Patient.patient_id, Patient.birth_date,
+                       Patient.sex, Study.study_instance_uid, Study.study_date,
+                       Study.study_time, Study.accession_number, Study.study_description,
+                       Study.modalities_in_study, n_series, n_instances)
+                .join(Patient, Study.patient_id == Patient.id))
+        stmt = _where(stmt, filters, _STUDY_KEYS)
+        stmt = stmt.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [StudyMatch(*row) for row in self.session.execute(stmt)]
+
+    def find_series(self, filters: Filters, *, limit: int | None = None) -> list[SeriesMatch]:
+        n_instances = (select(func.count(Instance.id)).where(Instance.series_id == Series.id)
+                       .correlate(Series).scalar_subquery())
+        stmt: AnySelect = (select(Study.study_instance_uid, Series.series_instance_uid,
+                                    Series.modality,
+                       Series.series_number, Series.series_description,
+                       Series.body_part_examined, Series.laterality, n_instances)
+                .join(Study, Series.study_id == Study.id))
+        stmt = _where(stmt, filters, _SERIES_KEYS)
+        stmt = stmt.order_by(Study.id, Series.series_number.asc().nulls_last(), Series.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [SeriesMatch(*row) for row in self.session.execute(stmt)]
+
+    def find_instances(self, filters: Filters, *,
+                       limit: int | None = None) -> list[InstanceMatch]:
+        stmt: AnySelect = (select(Study.study_instance_uid, Series.series_instance_uid,
+                       Instance.sop_class_uid, Instance.sop_instance_uid,
+                       Instance.instance_number, Instance.rows, Instance.columns,
+                       Instance.relpath, Instance.transfer_syntax_uid)
+                .join(Series, Instance.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id))
+        stmt = _where(stmt, filters, _INSTANCE_KEYS)
+        stmt = stmt.order_by(Series.id, Instance.instance_number.asc().nulls_last(),
+                             Instance.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [InstanceMatch(*row) for row in self.session.execute(stmt)]

@@ -1,0 +1,138 @@
+"""Studies: settling, job creation, triage priority and the operator listing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .._db import utcnow
+from ..schema import Job, JobState, Result, Study, StudyState
+
+__all__ = ["StudyListing", "StudyRepository"]
+
+
+@dataclass(frozen=True)
+class StudyListing:
+    """One line of ``pacs-node studies``: a study, its latest job and that job's result."""
+
+    study_instance_uid: str
+    study_date: str
+    study_description: str
+    modalities_in_study: str
+    instance_count: int
+    state: str
+    last_received_at: datetime
+    priority: float | None
+    job_id: int | None
+    job_state: str | None
+    job_attempts: int | None
+    fracture_probability: float | None
+    positive: bool | None
+    accession_number: str = field(default="", repr=False)
+
+
+class StudyRepository:
+    """Study rows. The caller owns the transaction and commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, study_instance_uid: str) -> Study | None:
+        return self.session.scalars(
+            select(Study).where(Study.study_instance_uid == study_instance_uid)).one_or_none()
+
+    def get_by_id(self, study_id: int) -> Study | None:
+        return self.session.get(Study, study_id)
+
+    def settled(self, now: datetime, stable_seconds: float) -> Sequence[Study]:
+        """Studies still ``receiving`` whose last instance arrived ``stable_seconds`` ago or
+        earlier, oldest first."""
+        cutoff = now - timedelta(seconds=stable_seconds)
+        return self.session.scalars(
+            select(Study).where(Study.state == StudyState.RECEIVING,
+                                Study.last_received_at <= cutoff)
+            .order_by(Study.last_received_at, Study.id)).all()
+
+    def mark_settled_and_create_job(
+        self, study: Study, *, now: datetime | None = None, stable_seconds: float = 0.0,
+        model_name: str | None = None, model_version: str | None = None,
+        max_attempts: int = 3,
+    ) -> Job | None:
+        """Mark ``study`` settled and create its queued job; supersede its earlier jobs.
+
+        The state change is a conditional UPDATE (still ``receiving``, nothing received
+        in the last ``stable_seconds``), so an instance that arrived since :meth:`settled`
+        or a second tracker makes this return ``None`` and create nothing. Earlier jobs of
+        the study (any state) become ``superseded`` and their results are flagged too:
+        new data arrived after them. The new job counts as enqueued at ``now``; enqueue it
+        after the commit.
+        """
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=stable_seconds)
+        changed = self.session.execute(
+            update(Study)
+            .where(Study.id == study.id, Study.state == StudyState.RECEIVING,
+                   Study.last_received_at <= cutoff)
+            .values(state=StudyState.SETTLED)
+            .execution_options(synchronize_session="fetch"))
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        self.session.execute(
+            update(Job).where(Job.study_id == study.id, Job.state != JobState.SUPERSEDED)
+            .values(state=JobState.SUPERSEDED, updated_at=now, lease_expires_at=None)
+            .execution_options(synchronize_session="fetch"))
+        self.session.execute(
+            update(Result).where(Result.study_id == study.id, Result.superseded.is_(False))
+            .values(superseded=True).execution_options(synchronize_session="fetch"))
+        self.session.refresh(study)
+        job = Job(study_id=study.id, state=JobState.QUEUED, attempts=0,
+                  max_attempts=max_attempts, created_at=now, updated_at=now, enqueued_at=now,
+                  instance_count_at_creation=study.instance_count, model_name=model_name,
+                  model_version=model_version)
+        self.session.add(job)
+        self.session.flush()
+        study.current_job_id = job.id
+        self.session.flush()
+        return job
+
+    def set_priority(self, study_id: int, priority: float | None) -> None:
+        """Set the worklist priority of a study (``None`` clears it)."""
+        self.session.execute(update(Study).where(Study.id == study_id)
+                             .values(priority=priority)
+                             .execution_options(synchronize_session="fetch"))
+
+    def list_with_latest(self, limit: int = 50) -> list[StudyListing]:
+        """The ``limit`` most recently received studies with their latest job and result."""
+        studies = self.session.scalars(
+            select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
+            .limit(limit)).all()
+        ids = [s.id for s in studies]
+        if not ids:
+            return []
+        latest = (select(func.max(Job.id)).where(Job.study_id.in_(ids))
+                  .group_by(Job.study_id).scalar_subquery())
+        jobs = {j.study_id: j for j in self.session.scalars(
+            select(Job).where(Job.id.in_(latest)))}
+        results = {r.job_id: r for r in self.session.scalars(
+            select(Result).where(Result.job_id.in_([j.id for j in jobs.values()])))}
+        listing = []
+        for s in studies:
+            job = jobs.get(s.id)
+            result = results.get(job.id) if job is not None else None
+            listing.append(StudyListing(
+                study_instance_uid=s.study_instance_uid, study_date=s.study_date,
+                study_description=s.study_description,
+                modalities_in_study=s.modalities_in_study, instance_count=s.instance_count,
+                state=s.state, last_received_at=s.last_received_at, priority=s.priority,
+                job_id=job.id if job else None, job_state=job.state if job else None,
+                job_attempts=job.attempts if job else None,
+                fracture_probability=result.fracture_probability if result else None,
+                positive=result.positive if result else None,
+                accession_number=s.accession_number))
+        return listing

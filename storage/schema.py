@@ -1,0 +1,227 @@
+"""The SQL index: SQLAlchemy 2 declarative models.
+
+The migrations in ``storage/migrations`` build this schema; tests check the two agree.
+Timestamps are aware UTC datetimes (:class:`~storage._types.UTCDateTime`). ORM objects
+keep the default ``repr`` so patient data never reaches a log through one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from ._types import Id, UTCDateTime
+
+__all__ = [
+    "Base",
+    "Export",
+    "ExportState",
+    "Instance",
+    "InstanceSource",
+    "Job",
+    "JobState",
+    "Patient",
+    "Result",
+    "Series",
+    "Study",
+    "StudyState",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"
+    SETTLED = "settled"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+class InstanceSource(StrEnum):
+    RECEIVED = "received"
+    PRODUCED = "produced"
+
+
+class ExportState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def _one_of(column: str, enum: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(str(m)) for m in enum)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), int: Integer(), float: Float()}
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), unique=True, default="")
+    patient_name: Mapped[str] = mapped_column(String(256), default="")
+    birth_date: Mapped[str] = mapped_column(String(16), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", StudyState), name="state"),
+        Index("ix_studies_state_last_received_at", "state", "last_received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("patients.id", ondelete="RESTRICT"), index=True)
+    study_date: Mapped[str] = mapped_column(String(16), default="", index=True)
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    modalities_in_study: Mapped[str] = mapped_column(String(128), default="")
+    instance_count: Mapped[int] = mapped_column(default=0)
+    first_received_at: Mapped[datetime]
+    last_received_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING)
+    priority: Mapped[float | None]
+    current_job_id: Mapped[int | None] = mapped_column(
+        Id, ForeignKey("jobs.id", ondelete="SET NULL", use_alter=True))
+
+    patient: Mapped[Patient] = relationship()
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None]
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    body_part_examined: Mapped[str] = mapped_column(String(16), default="")
+    laterality: Mapped[str] = mapped_column(String(16), default="")
+
+    study: Mapped[Study] = relationship()
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (CheckConstraint(_one_of("source", InstanceSource), name="source"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64), default="")
+    instance_number: Mapped[int | None]
+    relpath: Mapped[str] = mapped_column(String(256))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int | None]
+    columns: Mapped[int | None]
+    view_position: Mapped[str] = mapped_column(String(16), default="")
+    image_laterality: Mapped[str] = mapped_column(String(16), default="")
+    photometric_interpretation: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(16), default=InstanceSource.RECEIVED)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+
+    series: Mapped[Series] = relationship()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_one_of("state", JobState), name="state"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    instance_count_at_creation: Mapped[int] = mapped_column(default=0)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+
+    study: Mapped[Study] = relationship(foreign_keys=[study_id])
+
+
+class Result(Base):
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    study_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    fracture_probability: Mapped[float]
+    positive: Mapped[bool] = mapped_column(Boolean)
+    aggregation: Mapped[str] = mapped_column(String(32))
+    threshold: Mapped[float]
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Export(Base):
+    __tablename__ = "exports"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "destination"),
+        CheckConstraint(_one_of("state", ExportState), name="state"),
+        Index("ix_exports_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(Id, ForeignKey("instances.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=ExportState.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+    instance: Mapped[Instance] = relationship()

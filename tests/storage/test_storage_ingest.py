@@ -1,0 +1,230 @@
+"""ingest(): durable file + index row, the duplicate policy, concurrency."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from storage_helpers import at, content, encoded_instance, meta, uid
+
+from storage import (
+    FileStore,
+    Instance,
+    InstanceMeta,
+    InstanceRepository,
+    InvalidUID,
+    Patient,
+    Series,
+    StoreOutcome,
+    Study,
+    StudyState,
+    ingest,
+)
+
+
+def _files(store: FileStore) -> list[Path]:
+    return sorted(p for p in store.root.rglob("*") if p.is_file())
+
+
+def _count(sessions: sessionmaker[Session], model: type) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_first_store_then_identical_duplicate(store: FileStore,
+                                              sessions: sessionmaker[Session]) -> None:
+    m = meta()
+    assert ingest(store, sessions, content("a"), m, now=at(0)) is StoreOutcome.STORED
+    assert ingest(store, sessions, content("a"), m, now=at(5)) is \
+        StoreOutcome.DUPLICATE_IDENTICAL
+    assert len(_files(store)) == 1
+    assert _count(sessions, Instance) == 1
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.instance_count == 1
+        assert study.last_received_at == at(0)  # an identical re-send changes nothing
+        instance = InstanceRepository(session).get(m.sop_instance_uid)
+        assert instance is not None
+        assert store.path_of(instance.relpath).read_bytes() == content("a")
+        assert instance.received_at == at(0) and instance.received_at.tzinfo is not None
+
+
+def test_conflicting_duplicate_keeps_the_first(store: FileStore,
+                                               sessions: sessionmaker[Session]) -> None:
+    m = meta()
+    ingest(store, sessions, content("first"), m)
+    assert ingest(store, sessions, content("second"), m) is StoreOutcome.DUPLICATE_CONFLICT_KEPT
+    (path,) = _files(store)
+    assert path.read_bytes() == content("first")
+    with sessions() as session:
+        instance = InstanceRepository(session).get(m.sop_instance_uid)
+        assert instance is not None and instance.sha256 == store.sha256_of(path)
+
+
+def test_conflicting_duplicate_can_overwrite(store: FileStore,
+                                             sessions: sessionmaker[Session]) -> None:
+    m = meta()
+    ingest(store, sessions, content("first"), m, now=at(0))
+    outcome = ingest(store, sessions, content("second"), m, overwrite_conflicts=True,
+                     now=at(10))
+    assert outcome is StoreOutcome.DUPLICATE_OVERWRITTEN
+    (path,) = _files(store)
+    assert path.read_bytes() == content("second")
+    with sessions() as session:
+        instance = InstanceRepository(session).get(m.sop_instance_uid)
+        assert instance is not None and instance.sha256 == store.sha256_of(path)
+        study = session.scalars(select(Study)).one()
+        assert study.instance_count == 1
+        assert study.last_received_at == at(10)
+    assert _count(sessions, Instance) == 1
+
+
+def test_overwrite_that_moves_the_instance_to_another_series(
+        store: FileStore, sessions: sessionmaker[Session]) -> None:
+    first = meta(study=1, series=1, sop=1)
+    moved = meta(study=1, series=2, sop=1, sop_instance_uid=first.sop_instance_uid)
+    ingest(store, sessions, content("first"), first)
+    assert ingest(store, sessions, content("moved"), moved, overwrite_conflicts=True) is \
+        StoreOutcome.DUPLICATE_OVERWRITTEN
+    (path,) = _files(store)
+    assert path.read_bytes() == content("moved")
+    assert path == store.instance_path(moved.study_instance_uid, moved.series_instance_uid,
+                                       moved.sop_instance_uid)
+    with sessions() as session:
+        assert session.scalars(select(Study)).one().instance_count == 1
+
+
+def test_rows_hold_the_header(store: FileStore, sessions: sessionmaker[Session]) -> None:
+    m = meta(study=3, series=2, sop=7)
+    ingest(store, sessions, content("x"), m, calling_ae="MODALITY1", now=at(0))
+    with sessions() as session:
+        instance = InstanceRepository(session).get(m.sop_instance_uid)
+        assert instance is not None
+        series = session.get(Series, instance.series_id)
+        assert series is not None
+        study = session.get(Study, series.study_id)
+        assert study is not None
+        patient = session.get(Patient, study.patient_id)
+        assert patient is not None
+        assert (patient.patient_id, patient.patient_name) == ("PID0003", "Doe^Jane3")
+        assert (study.study_instance_uid, study.state, study.modalities_in_study,
+                study.first_received_at) == (uid(3), StudyState.RECEIVING, "CR", at(0))
+        assert (series.series_instance_uid, series.modality, series.series_number,
+                series.body_part_examined) == (uid(3, 2), "CR", 2, "WRIST")
+        assert (instance.instance_number, instance.rows, instance.view_position,
+                instance.source, instance.calling_ae) == (7, 512, "PA", "received",
+                                                          "MODALITY1")
+        assert instance.relpath == f"{uid(3)}/{uid(3, 2)}/{uid(3, 2, 7)}.dcm"
+        assert instance.size_bytes == len(content("x"))
+
+
+def test_meta_from_a_real_dicom_file(store: FileStore, sessions: sessionmaker[Session],
+                                     tmp_path: Path) -> None:
+    expected = meta(study=4, series=1, sop=2)
+    data = encoded_instance(expected)
+    parsed = InstanceMeta.read(data)
+    assert parsed == expected
+    source = tmp_path / "pynetdicom-stream.dcm"
+    source.write_bytes(data)
+    assert InstanceMeta.read(source) == expected
+    assert ingest(store, sessions, source, parsed) is StoreOutcome.STORED
+    assert _files(store)[0].read_bytes() == data
+
+
+def test_invalid_uids_in_the_header_are_refused_before_any_write(
+        store: FileStore, sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(InvalidUID, match="SeriesInstanceUID"):
+        meta(series_instance_uid="../../etc")
+    good = meta()
+    bad = InstanceMeta.__new__(InstanceMeta)  # bypass __post_init__, as a buggy caller might
+    object.__setattr__(bad, "__dict__", {**good.__dict__, "study_instance_uid": "../../x"})
+    with pytest.raises(InvalidUID):
+        ingest(store, sessions, b"data", bad)
+    assert _files(store) == []
+    assert _count(sessions, Instance) == 0
+
+
+def test_produced_instances_do_not_wake_the_study(store: FileStore,
+                                                  sessions: sessionmaker[Session]) -> None:
+    ingest(store, sessions, content("image"), meta(sop=1), now=at(0))
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        study.state = StudyState.SETTLED
+        session.commit()
+    result = meta(series=99, sop=1, modality="SR", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34")
+    ingest(store, sessions, content("sr"), result, source="produced", now=at(100))
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.state == StudyState.SETTLED
+        assert study.last_received_at == at(0)
+        assert study.instance_count == 2
+        assert study.modalities_in_study == "CR\\SR"
+        received = InstanceRepository(session).for_study(uid(1), source="received")
+        assert [i.sop_instance_uid for i in received] == [uid(1, 1, 1)]
+
+
+def test_concurrent_ingest_of_one_study(store: FileStore, sessions: sessionmaker[Session],
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="storage")
+    metas = [meta(study=7, series=1 + i % 3, sop=i) for i in range(50)]
+    start = threading.Barrier(4)
+
+    def send(batch: list[InstanceMeta]) -> list[StoreOutcome]:
+        start.wait(timeout=30)
+        return [ingest(store, sessions, content(m.sop_instance_uid), m) for m in batch]
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = [o for part in pool.map(send, [metas[i::4] for i in range(4)]) for o in part]
+    assert outcomes == [StoreOutcome.STORED] * 50
+    assert "40P01" not in caplog.text  # no deadlock between first instances of a study
+    assert _count(sessions, Instance) == 50
+    assert _count(sessions, Series) == 3
+    assert _count(sessions, Patient) == 1
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.instance_count == 50
+        assert len(InstanceRepository(session).for_study(uid(7))) == 50
+    assert len(_files(store)) == 50
+
+
+def test_concurrent_conflicting_copies_of_one_instance(store: FileStore,
+                                                       sessions: sessionmaker[Session]) -> None:
+    m = meta()
+    start = threading.Barrier(6)
+
+    def send(i: int) -> StoreOutcome:
+        start.wait(timeout=30)
+        return ingest(store, sessions, content(f"copy {i}"), m)
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(send, range(6)))
+    assert sorted(outcomes) == sorted([StoreOutcome.STORED]
+                                      + [StoreOutcome.DUPLICATE_CONFLICT_KEPT] * 5)
+    (path,) = _files(store)
+    with sessions() as session:
+        instance = InstanceRepository(session).get(m.sop_instance_uid)
+        assert instance is not None and instance.sha256 == store.sha256_of(path)
+        assert session.scalars(select(Study)).one().instance_count == 1
+
+
+def test_no_patient_data_in_logs(store: FileStore, sessions: sessionmaker[Session],
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    m = meta(patient_name="Secret^Person", patient_id="SECRET-ID-42",
+             patient_birth_date="19111111")
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
+        try:
+            ingest(store, sessions, content("a"), m)
+            ingest(store, sessions, content("b"), m)  # conflict: a warning is logged
+        finally:
+            logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    assert "INSERT INTO patients" in caplog.text  # the SQL was logged ...
+    assert m.sop_instance_uid in caplog.text
+    for secret in ("Secret", "SECRET-ID-42", "19111111"):
+        assert secret not in caplog.text  # ... its parameters were not
+        assert secret not in repr(m)

@@ -1,0 +1,133 @@
+"""Migrations and engine set-up on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, inspect, select, text
+from storage_helpers import content, meta
+
+from storage import (
+    Base,
+    FileStore,
+    Job,
+    JobState,
+    Study,
+    create_engine_for,
+    ingest,
+    migrate,
+    session_factory,
+)
+
+TABLES = {"patients", "studies", "series", "instances", "jobs", "results", "exports"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'new' / 'folder' / 'index.sqlite'}"
+    make: Callable[[], str] = request.getfixturevalue("make_postgres_database")
+    return make()
+
+
+@pytest.fixture
+def empty_engine(empty_url: str) -> Iterator[Engine]:
+    engine = create_engine_for(empty_url)
+    yield engine
+    engine.dispose()
+
+
+def _diff(engine: Engine) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def test_migrate_creates_the_schema_of_the_models(empty_engine: Engine) -> None:
+    assert set(inspect(empty_engine).get_table_names()) == set()
+    migrate(empty_engine)
+    assert set(inspect(empty_engine).get_table_names()) == TABLES | {"alembic_version"}
+    assert _diff(empty_engine) == []  # the migration builds exactly the ORM schema
+
+
+def test_migrate_twice_is_a_no_op(empty_url: str) -> None:
+    migrate(empty_url)  # from a URL, as the CLI does
+    engine = create_engine_for(empty_url)
+    try:
+        with engine.connect() as conn:
+            before = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        migrate(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == before
+        assert len(before) == 1
+        assert _diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_migrate_calls(empty_engine: Engine) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(empty_engine)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert set(inspect(empty_engine).get_table_names()) == TABLES | {"alembic_version"}
+
+
+def test_sqlite_settings(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "index.sqlite"
+    engine = create_engine_for(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert path.exists()
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_urls_use_psycopg3() -> None:
+    engine = create_engine_for("postgresql://someone@db.example/pacs")
+    assert engine.dialect.driver == "psycopg"
+    engine.dispose()
+
+
+def test_foreign_keys_are_enforced(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    with sessions() as session, pytest.raises(Exception, match="(?i)foreign key"):
+        now = datetime.now(UTC)
+        session.add(Job(study_id=12345, state=JobState.QUEUED, created_at=now, updated_at=now))
+        session.commit()
+
+
+def test_timestamps_round_trip_as_aware_utc(engine: Engine, tmp_path: Path) -> None:
+    sessions = session_factory(engine)
+    cet = timezone(timedelta(hours=1))
+    when = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=cet)
+    ingest(FileStore(tmp_path / "s"), sessions, content("x"), meta(), now=when)
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.last_received_at == when
+        assert study.last_received_at.utcoffset() == timedelta(0)
+        assert session.scalars(select(Study).where(
+            Study.last_received_at < when + timedelta(microseconds=1))).one() is study
+        study.last_received_at = datetime(2026, 3, 1, 12, 0)  # naive: refused
+        with pytest.raises(Exception, match="naive"):
+            session.flush()
