@@ -170,7 +170,7 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss) * len(targets)
+            total += float(loss.detach()) * len(targets)
             count += len(targets)
             if on_batch is not None:
                 on_batch(step, len(loader))

@@ -1,0 +1,131 @@
+"""Whole synthetic data sets: DICOM files grouped by study plus ``manifest.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from ._dicom import write_study
+from ._study import Anatomy, render_study
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """Counts of what :func:`generate_dataset` wrote."""
+
+    studies: int
+    images: int
+    positives: int
+    positive_images: int
+    occult_views: int
+    photometric: dict[str, int]
+    anatomy: dict[str, int]
+    manifest: Path
+
+
+def _check(studies: int, seed: int, anatomy: str, size: int, workers: int) -> None:
+    for name, value in (("studies", studies), ("seed", seed), ("size", size),
+                        ("workers", workers)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if studies < 1:
+        raise ValueError(f"studies must be >= 1, got {studies}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 64 <= size <= 4096:
+        raise ValueError(f"size must be between 64 and 4096 pixels, got {size}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if anatomy not in ("hip", "wrist", "mixed"):
+        raise ValueError(f"anatomy must be 'hip', 'wrist' or 'mixed', got {anatomy!r}")
+
+
+def _one(job: tuple[Path, int, int, Anatomy, int]) -> list[dict[str, Any]]:
+    root, seed, index, anatomy, size = job
+    return write_study(render_study(seed, index, anatomy=anatomy, size=size), root)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def generate_dataset(out_dir: Path, *, studies: int, seed: int, anatomy: Anatomy = "mixed",
+                     size: int = 512, workers: int = 1,
+                     progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+    """Write ``studies`` synthetic studies (DICOM) and their ground truth under ``out_dir``.
+
+    Files go to ``out_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``;
+    ``out_dir/manifest.jsonl`` lists one JSON object per view in study order. The same
+    ``(seed, studies, anatomy, size)`` gives byte-identical files for any ``workers``.
+    ``progress(done, total)`` is called after each study. Raises ValueError/TypeError on bad
+    arguments.
+    """
+    _check(studies, seed, anatomy, size, workers)
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = [(root, seed, i, anatomy, size) for i in range(studies)]
+    records: list[dict[str, Any]] = []
+
+    def collect(results: Iterator[list[dict[str, Any]]]) -> None:
+        for done, recs in enumerate(results, start=1):
+            records.extend(recs)
+            if progress is not None:
+                progress(done, studies)
+
+    if workers == 1:
+        collect(map(_one, jobs))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, studies), initializer=_init_worker) as pool:
+            collect(pool.imap(_one, jobs, chunksize=1))
+
+    manifest = root / MANIFEST_NAME
+    tmp = manifest.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, manifest)
+
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_study.setdefault(rec["study_instance_uid"], []).append(rec)
+    return SynthSummary(
+        studies=studies,
+        images=len(records),
+        positives=sum(1 for recs in by_study.values() if recs[0]["study_label"] == 1),
+        positive_images=sum(rec["label"] for rec in records),
+        occult_views=sum(1 for rec in records if rec["study_label"] == 1 and not rec["visible"]),
+        photometric=dict(sorted(Counter(rec["photometric"] for rec in records).items())),
+        anatomy=dict(sorted(Counter(recs[0]["anatomy"] for recs in by_study.values()).items())),
+        manifest=manifest,
+    )
+
+
+def read_manifest(root: Path) -> list[dict[str, Any]]:
+    """The manifest entries (one per view) of the synthetic data set at ``root``.
+
+    Raises FileNotFoundError when there is no manifest and ValueError on a malformed line.
+    """
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} under {root}")
+    entries = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return entries
