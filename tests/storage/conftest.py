@@ -1,155 +1,16 @@
 """Fixtures of the storage tests: the index on SQLite and on PostgreSQL, built by the
-migrations.
-
-PostgreSQL: the server at 127.0.0.1:5432 (user ``postgres``, database ``test``, trust auth)
-when one answers there, or ``PACS_NODE_TEST_POSTGRES_URL`` (an admin URL) when set;
-otherwise a throwaway server started from /usr/lib/postgresql/*/bin (``initdb`` +
-``pg_ctl``) on a free port in a temp dir, stopped by PID at the end. Set
-``PACS_NODE_TEST_POSTGRES=throwaway`` to force the throwaway server. If no server can be
-had, the PostgreSQL tests fail: they are never skipped.
-"""
+migrations (the PostgreSQL server fixtures live in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import Base, FileStore, create_engine_for, migrate, session_factory
-
-DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ThrowawayPostgres:
-    folder: Path
-    pid: int
-    port: int
-
-    @property
-    def admin_url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-
-def _start_throwaway_postgres() -> ThrowawayPostgres:
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not binaries:
-        raise RuntimeError("no PostgreSQL answers on 127.0.0.1:5432 and no "
-                           "/usr/lib/postgresql/*/bin/initdb to start one")
-    bindir = Path(binaries[-1]).parent
-    folder = Path(tempfile.mkdtemp(prefix="pacsnode-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    data = folder / "data"
-    port = _free_port()
-    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                    "-A", "trust", "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l",
-                    str(folder / "server.log"), "-w", "-t", "60", "-o",
-                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "start"], check=True, capture_output=True)
-    pid = int((data / "postmaster.pid").read_text().split()[0])
-    _wait_for(lambda: _answers("127.0.0.1", port), 30, "the throwaway PostgreSQL")
-    return ThrowawayPostgres(folder, pid, port)
-
-
-def _stop_throwaway_postgres(server: ThrowawayPostgres) -> None:
-    try:
-        os.kill(server.pid, signal.SIGINT)  # "fast" shutdown
-    except ProcessLookupError:
-        pass
-
-    def gone() -> bool:
-        try:
-            os.kill(server.pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    try:
-        _wait_for(gone, 30, f"PostgreSQL (pid {server.pid}) to stop")
-    finally:
-        shutil.rmtree(server.folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_admin_url() -> Iterator[str]:
-    """URL of a database on a running server from which test databases are created."""
-    explicit = os.environ.get("PACS_NODE_TEST_POSTGRES_URL")
-    if explicit:
-        yield explicit
-        return
-    if os.environ.get("PACS_NODE_TEST_POSTGRES") != "throwaway" and _answers("127.0.0.1", 5432):
-        yield DEFAULT_ADMIN_URL
-        return
-    server = _start_throwaway_postgres()
-    try:
-        yield server.admin_url
-    finally:
-        _stop_throwaway_postgres(server)
-
-
-@pytest.fixture(scope="session")
-def make_postgres_database(postgres_admin_url: str) -> Iterator[Callable[[], str]]:
-    """Factory of fresh, empty PostgreSQL databases; all are dropped at the end."""
-    admin = create_engine_for(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    created: list[str] = []
-
-    def make() -> str:
-        name = f"pacsnode_test_{secrets.token_hex(6)}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return make_url(postgres_admin_url).set(database=name).render_as_string(
-            hide_password=False)
-
-    try:
-        yield make
-    finally:
-        with admin.connect() as conn:
-            for name in created:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-from storage_helpers import at, content, encoded_instance, meta, uid
+from .storage_helpers import at, content, encoded_instance, meta, uid
 
 from storage import (
     FileStore,

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from storage_helpers import at, content, meta, uid
+from .storage_helpers import at, content, meta, uid
 
 from storage import (
     ExportRepository,

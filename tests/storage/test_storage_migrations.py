@@ -11,7 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select, text
-from storage_helpers import content, meta
+from .storage_helpers import content, meta
 
 from storage import (
     Base,
