@@ -14,7 +14,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["AugmentConfig", "Augmenter"]
+__all__ = ["AUGMENT_PRESETS", "AugmentConfig", "Augmenter"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,15 @@ class Augmenter:
         moved = TF.affine(boxes, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0])
         x0, y0, x1, y1 = (float(v) for v in moved[0])
         return x0 >= 0 and y0 >= 0 and x1 <= w - 1 and y1 <= h - 1
+
+
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    # The ranges of seed 000 §III, made for 2500 x 2048 px originals.
+    "seed000": AugmentConfig(),
+    # Milder zoom for whole-image inputs of a few hundred pixels, where a 0.4 zoom-out would
+    # shrink a non-displaced fracture line below one pixel.
+    "mild": AugmentConfig(zoom_out=(0.8, 0.95), zoom_in=(1.05, 1.3), translate_fraction=0.15,
+                          p_scale=0.5, p_rotate=0.5, p_translate=0.5),
+    "none": AugmentConfig(p_scale=0.0, p_rotate=0.0, p_translate=0.0, p_flip=0.0,
+                          contrast=(1.0, 1.0), noise_std=0.0),
+}

@@ -81,7 +81,9 @@ class ModelMetadata:
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2 or self.classes[0] != "normal":
-            raise ValueError(f"classes must start with 'normal' and have 2+ entries: {self.classes}")
+            raise ValueError(
+                f"classes must start with 'normal' and have 2+ entries: {self.classes}"
+            )
         if self.input_size < 32:
             raise ValueError(f"input_size must be at least 32, got {self.input_size}")
         if not 0.0 < self.finding_threshold < 1.0:

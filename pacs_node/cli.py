@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,19 +17,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True)
 
 
-class Anatomy(str, Enum):
+class Anatomy(StrEnum):
     hip = "hip"
     wrist = "wrist"
     mixed = "mixed"
 
 
-class LabelSet(str, Enum):
+class LabelSet(StrEnum):
     binary = "binary"
     ao = "ao"
     garden = "garden"
 
 
-class Balance(str, Enum):
+class AugmentPreset(StrEnum):
+    seed000 = "seed000"
+    mild = "mild"
+    none = "none"
+
+
+class Balance(StrEnum):
     sampler = "sampler"
     weights = "weights"
     both = "both"
@@ -88,6 +94,8 @@ def train(
     input_size: Annotated[int, typer.Option(min=32)] = 256,
     label_set: Annotated[LabelSet, typer.Option()] = LabelSet.binary,
     balance: Annotated[Balance, typer.Option(help="Class balancing")] = Balance.sampler,
+    augment: Annotated[AugmentPreset, typer.Option(help="Augmentation ranges")]
+    = AugmentPreset.seed000,
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option()] = 1e-3,
@@ -100,6 +108,7 @@ def train(
     """Train a model and write a checkpoint that carries its metadata."""
     import shutil
 
+    from models.augment import AUGMENT_PRESETS
     from models.data import prepare_dataset
     from models.train import TrainConfig
     from models.train import train as run_training
@@ -112,7 +121,8 @@ def train(
         config = TrainConfig(
             model_type=model_type, backbone=backbone, stages=stages, pooling=pooling,
             lse_r=lse_r, input_size=input_size, label_set=label_set.value,
-            balance=balance.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            balance=balance.value, augment=AUGMENT_PRESETS[augment.value], epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed,
             name=name or ("demo_global_pool" if demo else model_type),
             synthetic_demo=demo or synthetic,
         )
@@ -203,6 +213,128 @@ def evaluate(
                       f"{report['cam_peak_in_box']['rate']:.4f}")
     if report["model"]["notice"]:
         console.print(f"[yellow]{report['model']['notice']}[/yellow]")
+
+
+ConfigOption = Annotated[Path, typer.Option("--config", help="Configuration file (YAML)")]
+
+
+def _settings(config: Path):  # type: ignore[no-untyped-def]
+    from .config import ConfigError, load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = Path("config.yaml"),
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """Run the node: DICOM listener, study tracker, delivery (and the jobs, when embedded)."""
+    import signal
+    import threading
+
+    from .node import Node, NodeStartError
+
+    settings = _settings(config)
+    _logging(log_level)
+    node = Node(settings)
+    try:
+        node.start()
+    except NodeStartError as exc:
+        node.stop()
+        _fail(str(exc))
+    console.print(f"pacs-node {settings.node.ae_title} listening on "
+                  f"{settings.node.dimse_host}:{settings.node.dimse_port} "
+                  f"({'embedded jobs' if node.embedded else settings.queue.broker_url}); "
+                  "Ctrl-C stops it")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    console.print("stopping...")
+    node.stop()
+
+
+@app.command()
+def worker(
+    config: ConfigOption = Path("config.yaml"),
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker for study jobs (production: queue.broker_url is redis://...)."""
+    from workers.celery_app import create_celery_app
+
+    from .node import NodeStartError, open_storage, pipeline_factory
+
+    settings = _settings(config)
+    if settings.queue.broker_url.startswith("memory://"):
+        _fail("queue.broker_url is memory:// (embedded): `pacs-node serve` runs the jobs "
+              "itself; set a redis:// broker to use separate workers")
+    _logging(log_level)
+    try:
+        storage = open_storage(settings)
+    except NodeStartError as exc:
+        _fail(str(exc))
+    celery_app = create_celery_app(settings.queue.broker_url,
+                                   pipeline_factory=pipeline_factory(settings, storage),
+                                   max_attempts=settings.queue.max_attempts,
+                                   lease_seconds=settings.queue.lease_seconds)
+    pool = ["--pool=solo"] if concurrency == 1 else ["--pool=prefork", f"-c{concurrency}"]
+    celery_app.worker_main(["worker", f"--loglevel={log_level.upper()}", "-Q", "pacs-node",
+                            *pool])
+
+
+@app.command()
+def studies(
+    config: ConfigOption = Path("config.yaml"),
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+) -> None:
+    """List studies with their job state and study-level result, newest first."""
+    from rich.table import Table
+
+    from storage import StudyRepository
+
+    from .node import NodeStartError, open_storage
+
+    settings = _settings(config)
+    try:
+        storage = open_storage(settings)
+    except NodeStartError as exc:
+        _fail(str(exc))
+    with storage.sessions() as session:
+        rows = StudyRepository(session).list_with_latest(limit)
+    storage.engine.dispose()
+    if json_out:
+        for r in rows:
+            sys.stdout.write(json.dumps({
+                "study_instance_uid": r.study_instance_uid, "study_date": r.study_date,
+                "instances": r.instance_count, "state": r.state, "job_id": r.job_id,
+                "job_state": r.job_state, "attempts": r.job_attempts,
+                "fracture_probability": r.fracture_probability, "positive": r.positive,
+            }) + "\n")
+        return
+    table = Table("Study Instance UID", "date", "images", "state", "job", "result")
+    for r in rows:
+        if r.fracture_probability is None:
+            result = "-"
+        else:
+            verdict = "FRACTURE SUSPECTED" if r.positive else "no fracture detected"
+            result = f"{verdict} (p={r.fracture_probability:.2f})"
+        job = f"{r.job_state} (x{r.job_attempts})" if r.job_state else "-"
+        table.add_row(r.study_instance_uid, r.study_date, str(r.instance_count), r.state,
+                      job, result)
+    Console().print(table)
 
 
 def main() -> None:

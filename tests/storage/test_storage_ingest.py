@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-from .storage_helpers import at, content, encoded_instance, meta, uid
 
 from storage import (
     FileStore,
@@ -25,6 +24,8 @@ from storage import (
     StudyState,
     ingest,
 )
+
+from .storage_helpers import at, content, encoded_instance, meta, uid
 
 
 def _files(store: FileStore) -> list[Path]:

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from .storage_helpers import at, content, meta, uid
 
 from storage import (
     ExportRepository,
@@ -24,6 +23,8 @@ from storage import (
     ingest,
     run_write,
 )
+
+from .storage_helpers import at, content, meta, uid
 
 
 def _settle(sessions: sessionmaker[Session], now_s: float, stable: float = 30) -> list[int]:

@@ -11,7 +11,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select, text
-from .storage_helpers import content, meta
 
 from storage import (
     Base,
@@ -24,6 +23,8 @@ from storage import (
     migrate,
     session_factory,
 )
+
+from .storage_helpers import content, meta
 
 TABLES = {"patients", "studies", "series", "instances", "jobs", "results", "exports"}
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
-from .storage_helpers import content, meta, uid
 
 from storage import FileStore, InvalidQuery, QueryRepository, ingest
+
+from .storage_helpers import content, meta, uid
 
 
 @pytest.fixture

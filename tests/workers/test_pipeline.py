@@ -1,0 +1,183 @@
+"""The study pipeline in-process: views in, SR + SCs stored as produced, exports queued."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+from sqlalchemy import select
+
+from models.nets import GlobalPoolClassifier
+from models.registry import ModelMetadata, save_checkpoint
+from models.synth import generate_dataset, read_manifest
+from storage import (
+    Export,
+    FileStore,
+    Instance,
+    InstanceMeta,
+    InstanceSource,
+    Job,
+    JobRepository,
+    JobState,
+    StudyRepository,
+    create_engine_for,
+    ingest,
+    migrate,
+    run_write,
+    session_factory,
+)
+from workers.pipeline import JobFailed, ModelCache, PipelineOptions, StudyPipeline
+from workers.routing import Route, ViewHeader, route_for
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    arch = {"num_classes": 2, "backbone": "resnet18", "stages": 1, "pooling": "lse",
+            "lse_r": 10.0, "transition_channels": 8, "in_channels": 1}
+    meta = ModelMetadata(model_type="global_pool", name="tiny-test", version="0.0.1",
+                         classes=("normal", "fracture"), input_size=64, architecture=arch,
+                         synthetic_demo=True, intended_use="test")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, GlobalPoolClassifier(**arch), meta)
+    return path
+
+
+@pytest.fixture
+def node_storage(tmp_path: Path):
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'index.db'}")
+    migrate(engine)
+    yield FileStore(tmp_path / "store"), session_factory(engine)
+    engine.dispose()
+
+
+def _ingest_file(store: FileStore, sessions, path: Path) -> InstanceMeta:
+    data = path.read_bytes()
+    meta = InstanceMeta.read(data)
+    ingest(store, sessions, data, meta)
+    return meta
+
+
+def _settle(sessions) -> int:
+    def work(session) -> int:
+        repo = StudyRepository(session)
+        (study,) = repo.settled(datetime.now(UTC), 0.0)
+        job = repo.mark_settled_and_create_job(study, stable_seconds=0.0)
+        assert job is not None
+        return job.id
+
+    return run_write(sessions, work)
+
+
+def _study_files(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "synth"
+    generate_dataset(root, studies=3, seed=5, size=192)
+    entries = read_manifest(root)
+    uid = entries[0]["study_instance_uid"]
+    return [root / e["path"] for e in entries if e["study_instance_uid"] == uid]
+
+
+def test_pipeline_writes_sr_and_scs_and_queues_exports(
+    node_storage, checkpoint: Path, tmp_path: Path
+) -> None:
+    store, sessions = node_storage
+    files = _study_files(tmp_path)
+    metas = [_ingest_file(store, sessions, f) for f in files]
+    # An undecodable view of the same study: reported and skipped, not fatal.
+    broken = pydicom.dcmread(files[0])
+    broken.SOPInstanceUID = "1.2.826.0.1.3680043.99.1"
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 3]
+    buffer = io.BytesIO()
+    broken.save_as(buffer, enforce_file_format=True)
+    ingest(store, sessions, buffer.getvalue(), InstanceMeta.read(buffer.getvalue()))
+    job_id = _settle(sessions)
+
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),), destinations=("pacs",))
+    pipeline = StudyPipeline(store, sessions, options, ModelCache(device="cpu"))
+    assert pipeline.run(job_id) == "done"
+    assert pipeline.run(job_id) == "skipped"  # idempotent: a duplicate wake-up does nothing
+
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job.state == JobState.DONE
+        result = session.scalars(select(Job).where(Job.id == job_id)).one()
+        produced = session.scalars(select(Instance).where(
+            Instance.source == InstanceSource.PRODUCED)).all()
+        exports = session.scalars(select(Export)).all()
+        summary = JobRepository(session).result_for(job_id).summary
+    assert result is not None
+    classes = sorted(i.sop_class_uid for i in produced)
+    assert classes == [SC_CLASS] * len(files) + [SR_CLASS]
+    assert {e.destination for e in exports} == {"pacs"} and len(exports) == len(produced)
+    assert [s["sop_instance_uid"] for s in summary["skipped"]] == ["1.2.826.0.1.3680043.99.1"]
+    assert "cannot decode" in summary["skipped"][0]["reason"]
+
+    sr = next(i for i in produced if i.sop_class_uid == SR_CLASS)
+    sr_ds = pydicom.dcmread(store.path_of(sr.relpath))
+    evidence = {ref.ReferencedSOPInstanceUID
+                for st in sr_ds.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence for ref in se.ReferencedSOPSequence}
+    assert evidence == {m.sop_instance_uid for m in metas}
+    dciodvfy = shutil.which("dciodvfy")
+    assert dciodvfy, "dciodvfy (dicom3tools) must be installed: run `make test`"
+    for item in produced:
+        out = subprocess.run([dciodvfy, str(store.path_of(item.relpath))],
+                             capture_output=True, text=True, timeout=60)
+        assert not [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+
+
+def test_retried_job_reproduces_the_same_objects(
+    node_storage, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, sessions = node_storage
+    for f in _study_files(tmp_path):
+        _ingest_file(store, sessions, f)
+    job_id = _settle(sessions)
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),))
+    pipeline = StudyPipeline(store, sessions, options, ModelCache(device="cpu"))
+
+    # The first run dies after storing its objects, before the job is completed.
+    original = JobRepository.complete
+    monkeypatch.setattr(JobRepository, "complete",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("worker died")))
+    with pytest.raises(JobFailed) as failed:
+        pipeline.run(job_id)
+    assert failed.value.retry
+
+    def produced() -> list[str]:
+        with sessions() as session:
+            return sorted(i.sop_instance_uid for i in session.scalars(select(Instance).where(
+                Instance.source == InstanceSource.PRODUCED)))
+
+    first = produced()
+    assert first
+    monkeypatch.setattr(JobRepository, "complete", original)
+    assert pipeline.run(job_id) == "done"
+    assert produced() == first  # same UIDs, each stored once
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert (job.state, job.attempts) == (JobState.DONE, 2)
+
+
+def test_routing_never_processes_reports_or_own_output() -> None:
+    cr = "1.2.840.10008.5.1.4.1.1.1"
+    view = ViewHeader("1.2.3", cr, "WRIST", "PA", "R", produced=False)
+    assert route_for(view, []) is not None
+    assert route_for(ViewHeader("1.2.3", SR_CLASS, "WRIST", "", "", False), []) is None
+    assert route_for(ViewHeader("1.2.3", cr, "WRIST", "PA", "R", produced=True), []) is None
+    hips_only = [Route(name="hips", body_parts=["Hüfte"])]
+    assert route_for(view, hips_only) is None
+    hip = ViewHeader("1.2.4", cr, "HIP", "AP", "L", produced=False)
+    assert route_for(hip, hips_only).name == "hips"
+    rg3 = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"), stop_before_pixels=True)
+    assert rg3.SOPClassUID == cr

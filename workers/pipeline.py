@@ -1,0 +1,285 @@
+"""The study pipeline: one job in, a study result plus DICOM results stored and queued out.
+
+``StudyPipeline.run(job_id)`` claims the job (a conditional update: a second worker or a
+duplicate wake-up message gets nothing), selects and routes the study's views, preprocesses
+and infers through the model registry, aggregates per anatomic site then per study
+(seed 004 §6.2.2), writes an SR and one Secondary Capture per processed view, stores them
+as ``produced`` instances, and in one transaction completes the job and queues the exports.
+A view that cannot be decoded is reported in the result and skipped. Result UIDs derive from
+the job, so a retried job reproduces the same objects.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.aggregation import aggregate_study
+from models.preprocess import PreparedView, normalise_body_part
+from models.registry import DEMO_WEIGHTS, FractureModel, load_model
+from storage import (
+    ExportRepository,
+    FileStore,
+    InstanceMeta,
+    InstanceRepository,
+    InstanceSource,
+    JobRepository,
+    JobState,
+    StudyRepository,
+    ingest,
+    run_write,
+)
+
+from .results import (
+    AlgorithmInfo,
+    SkippedView,
+    StudyResult,
+    ViewResult,
+    build_secondary_captures,
+    build_sr,
+)
+from .routing import IMAGE_SOP_CLASSES, RouteLike, ViewHeader, route_for, site_of
+
+__all__ = ["JobFailed", "ModelCache", "PipelineOptions", "StudyPipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """A job run failed; ``retry`` says whether the job was queued again."""
+
+    def __init__(self, job_id: int, message: str, *, retry: bool) -> None:
+        super().__init__(f"job {job_id}: {message}")
+        self.job_id = job_id
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    routes: Sequence[RouteLike] = ()
+    aggregation: str = "max"
+    threshold: float = 0.5
+    destinations: tuple[str, ...] = ()
+    lease_seconds: float = 600.0
+    batch_size: int = 8
+
+
+class ModelCache:
+    """Loaded models by reference (``"demo"`` or a checkpoint path), loaded once."""
+
+    def __init__(self, *, device: str | None = None) -> None:
+        self._device = device
+        self._models: dict[str, FractureModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: str) -> FractureModel:
+        with self._lock:
+            if ref not in self._models:
+                path = DEMO_WEIGHTS if ref == "demo" else Path(ref)
+                self._models[ref] = load_model(path, device=self._device)
+            return self._models[ref]
+
+
+@dataclass
+class _Stored:
+    sop_instance_uid: str
+    relpath: str
+    sop_class_uid: str
+    produced: bool
+
+
+@dataclass
+class _Group:
+    route: RouteLike
+    views: list[tuple[ViewHeader, pydicom.Dataset, PreparedView]] = field(default_factory=list)
+
+
+def _to_bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class StudyPipeline:
+    """Runs jobs against the store and index it is given (nothing global)."""
+
+    def __init__(self, store: FileStore, sessions: sessionmaker[Session],
+                 options: PipelineOptions, models: ModelCache) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.options = options
+        self.models = models
+
+    def run(self, job_id: int) -> str:
+        """Process job ``job_id``; returns ``"done"``, ``"skipped"`` (not claimable: done,
+        superseded, held by another worker) or ``"discarded"`` (superseded while running).
+
+        Raises:
+            JobFailed: the run failed; the job is queued again while attempts remain.
+        """
+        claimed = run_write(self.sessions, lambda s: self._claim(s, job_id))
+        if claimed is None:
+            return "skipped"
+        attempt, study_uid = claimed
+        try:
+            return self._process(job_id, attempt, study_uid)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
+            message = f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed on attempt %s", job_id, attempt)
+
+            def fail(s: Session) -> bool:
+                job = JobRepository(s).fail(job_id, message, retry=True, attempt=attempt)
+                return job is not None and job.state == JobState.QUEUED
+
+            retry = run_write(self.sessions, fail)
+            raise JobFailed(job_id, message, retry=retry) from exc
+
+    def _claim(self, session: Session, job_id: int) -> tuple[int, str] | None:
+        job = JobRepository(session).claim(job_id, lease_seconds=self.options.lease_seconds)
+        if job is None:
+            return None
+        study = StudyRepository(session).get_by_id(job.study_id)
+        if study is None:
+            return None
+        return job.attempts, study.study_instance_uid
+
+    def _stored_instances(self, study_uid: str) -> list[_Stored]:
+        with self.sessions() as session:
+            return [
+                _Stored(i.sop_instance_uid, i.relpath, i.sop_class_uid,
+                        i.source == InstanceSource.PRODUCED)
+                for i in InstanceRepository(session).for_study(study_uid)
+            ]
+
+    def _select(self, instances: list[_Stored]) -> tuple[dict[str, _Group], list[SkippedView]]:
+        groups: dict[str, _Group] = {}
+        skipped: list[SkippedView] = []
+        for item in instances:
+            if item.produced:
+                continue
+            try:
+                header = pydicom.dcmread(self.store.path_of(item.relpath),
+                                         stop_before_pixels=True)
+            except Exception as exc:  # noqa: BLE001 - reported, not fatal
+                skipped.append(SkippedView(item.sop_instance_uid,
+                                           f"unreadable file ({type(exc).__name__})"))
+                continue
+            view = ViewHeader(
+                sop_instance_uid=item.sop_instance_uid,
+                sop_class_uid=item.sop_class_uid,
+                body_part=normalise_body_part(str(header.get("BodyPartExamined", "") or "")),
+                view_position=str(header.get("ViewPosition", "") or ""),
+                laterality=str(header.get("ImageLaterality", "")
+                               or header.get("Laterality", "") or ""),
+                produced=str(header.get("Manufacturer", "")) == "pacs-node",
+            )
+            route = route_for(view, self.options.routes)
+            if route is None:
+                if item.sop_class_uid in IMAGE_SOP_CLASSES and not view.produced:
+                    skipped.append(SkippedView(item.sop_instance_uid, "no route matches"))
+                continue
+            group = groups.setdefault(route.model, _Group(route))
+            try:
+                ds = pydicom.dcmread(self.store.path_of(item.relpath))
+                prepared = self.models.get(route.model).prepare(ds)
+            except Exception as exc:  # noqa: BLE001 - a bad view never fails the study
+                reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+                skipped.append(SkippedView(item.sop_instance_uid, f"cannot decode: {reason}"))
+                continue
+            group.views.append((view, ds, prepared))
+        return groups, skipped
+
+    def _process(self, job_id: int, attempt: int, study_uid: str) -> str:
+        groups, skipped = self._select(self._stored_instances(study_uid))
+        outputs: list[pydicom.Dataset] = []
+        studies: list[tuple[str, StudyResult]] = []
+        for index, (ref, group) in enumerate(sorted(groups.items())):
+            if not group.views:
+                continue
+            model = self.models.get(ref)
+            predictions = model.predict([p for _, _, p in group.views],
+                                        batch_size=self.options.batch_size)
+            views = [ViewResult(source=ds, prediction=pred, site=site_of(header))
+                     for (header, ds, _), pred in zip(group.views, predictions, strict=True)]
+            agg = aggregate_study([(v.site, v.prediction.fracture_probability) for v in views],
+                                  self.options.aggregation, threshold=self.options.threshold)
+            result = StudyResult(
+                fracture_probability=agg.probability, positive=agg.positive,
+                aggregation=agg.method, threshold=agg.threshold,
+                site_probabilities={s.site: s.probability for s in agg.sites},
+                views=views, skipped=list(skipped),
+            )
+            algorithm = AlgorithmInfo.from_model(model)
+            job_key = f"pacs-node:{study_uid}:job-{job_id}:{index}"
+            outputs.append(build_sr(result, algorithm, job_key=job_key,
+                                    series_number=9001 + 2 * index))
+            outputs.extend(build_secondary_captures(result, algorithm, job_key=job_key,
+                                                    series_number=9002 + 2 * index))
+            studies.append((f"{model.metadata.name} {model.metadata.version}", result))
+
+        produced: list[str] = []
+        for ds in outputs:
+            data = _to_bytes(ds)
+            meta = InstanceMeta.read(data)
+            # A retried job rebuilds the same UIDs; its newer copy replaces the older one.
+            ingest(self.store, self.sessions, data, meta, overwrite_conflicts=True,
+                   source=InstanceSource.PRODUCED)
+            produced.append(meta.sop_instance_uid)
+
+        summary = self._summary(studies, skipped, produced)
+        best = max((r for _, r in studies), key=lambda r: r.fracture_probability, default=None)
+
+        def complete(session: Session) -> bool:
+            result = JobRepository(session).complete(
+                job_id, attempt=attempt,
+                fracture_probability=best.fracture_probability if best else 0.0,
+                positive=best.positive if best else False,
+                aggregation=self.options.aggregation, threshold=self.options.threshold,
+                summary=summary)
+            if result is None:
+                return False
+            instances = InstanceRepository(session)
+            exports = ExportRepository(session)
+            for sop_uid in produced:
+                row = instances.get(sop_uid)
+                if row is not None and self.options.destinations:
+                    exports.add(row.id, self.options.destinations)
+            StudyRepository(session).set_priority(result.study_id,
+                                                  best.fracture_probability if best else None)
+            return True
+
+        if not run_write(self.sessions, complete):
+            log.info("job %s was superseded while running; its results are not sent", job_id)
+            return "discarded"
+        log.info("job %s done: %d views, %d skipped, %d objects", job_id,
+                 sum(len(r.views) for _, r in studies), len(skipped), len(produced))
+        return "done"
+
+    @staticmethod
+    def _summary(studies: list[tuple[str, StudyResult]], skipped: list[SkippedView],
+                 produced: list[str]) -> dict[str, Any]:
+        models: dict[str, Any] = defaultdict(dict)
+        for name, result in studies:
+            models[name] = {
+                "fracture_probability": result.fracture_probability,
+                "positive": result.positive,
+                "sites": result.site_probabilities,
+                "views": {v.sop_instance_uid: v.prediction.fracture_probability
+                          for v in result.views},
+            }
+        return {
+            "models": dict(models),
+            "skipped": [{"sop_instance_uid": s.sop_instance_uid, "reason": s.reason}
+                        for s in skipped],
+            "produced": produced,
+            "note": "no processable views" if not studies else "",
+        }
