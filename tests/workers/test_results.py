@@ -572,3 +572,51 @@ def test_algorithm_info_from_a_loaded_model() -> None:
         notice = ALGORITHM.notice
 
     assert AlgorithmInfo.from_model(Model()) == ALGORITHM  # type: ignore[arg-type]
+
+
+def test_results_of_every_synthetic_body_part_variant_pass_dciodvfy(tmp_path: Path) -> None:
+    """Free-text and misspelt Body Part Examined values (seed 004 §4.2.2.1), paired or not,
+    with and without laterality: every SR and SC still passes dciodvfy."""
+    import shutil
+    import subprocess
+
+    from models.registry import Finding, ViewPrediction
+    from models.synth import generate_dataset, read_manifest
+    from workers.results import (
+        AlgorithmInfo,
+        StudyResult,
+        ViewResult,
+        build_secondary_captures,
+        build_sr,
+    )
+
+    dciodvfy = shutil.which("dciodvfy")
+    assert dciodvfy, "dciodvfy (dicom3tools) must be installed: run `make test`"
+    root = tmp_path / "synth"
+    generate_dataset(root, studies=14, seed=99, size=128)
+    by_study: dict[str, list[pydicom.Dataset]] = {}
+    for entry in read_manifest(root):
+        by_study.setdefault(entry["study_instance_uid"], []).append(
+            pydicom.dcmread(root / entry["path"]))
+    algorithm = AlgorithmInfo(name="t", version="1", notice="test", synthetic_demo=True)
+    seen_parts = set()
+    for n, datasets in enumerate(by_study.values()):
+        views = []
+        for ds in datasets:
+            seen_parts.add(str(ds.get("BodyPartExamined", "")))
+            heat = np.zeros((ds.Rows, ds.Columns), np.float32)
+            heat[10:20, 10:20] = 0.9
+            pred = ViewPrediction({"normal": 0.3, "fracture": 0.7}, 0.7, heat,
+                                  (Finding(0.9, (15.0, 15.0), (10.0, 10.0, 19.0, 19.0)),))
+            views.append(ViewResult(source=ds, prediction=pred, site="X"))
+        study = StudyResult(0.7, True, "max", 0.5, {"X": 0.7}, views, [])
+        for i, obj in enumerate([build_sr(study, algorithm, job_key=f"k{n}"),
+                                 *build_secondary_captures(study, algorithm, job_key=f"k{n}")]):
+            path = tmp_path / f"{n}-{i}.dcm"
+            obj.save_as(path, enforce_file_format=True)
+            out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True,
+                                 timeout=60)
+            errors = [x for x in (out.stdout + out.stderr).splitlines()
+                      if x.startswith("Error")]
+            assert errors == [], (path, str(datasets[0].get("BodyPartExamined")), errors)
+    assert len(seen_parts) >= 4

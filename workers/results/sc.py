@@ -84,6 +84,10 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
     pixels = render_overlay(display, heatmap, findings, [t for t, _ in lines],
                             line_colours=[col for _, col in lines])
     laterality = c.laterality_of(source)
+    # Laterality (General Series, Type 2C) is required when Image Laterality is not sent
+    # (for a paired structure; dciodvfy cannot tell from free-text body parts, so whenever
+    # it is not sent) and must be absent when it is.
+    needs_laterality = not source.get("ImageLaterality")
     sc = SCImage.from_ref_dataset(
         ref_dataset=evidence_header(source),
         pixel_array=pixels,
@@ -95,14 +99,16 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
         sop_instance_uid=result_uid(job_key, "sc", view.sop_instance_uid),
         instance_number=index,
         manufacturer=algorithm.manufacturer,
-        laterality=laterality if laterality in ("R", "L") else None,
+        laterality=laterality if needs_laterality and laterality in ("R", "L") else None,
         patient_orientation=("L", "F"),  # replaced below
         series_description=series_description("AI fracture heatmap", algorithm),
         coding_schemes=[c.IHE_CODING_SCHEME],
     )
     sc.PatientOrientation = _orientation(source)
-    if "Laterality" not in sc and source.get("BodyPartExamined"):
-        sc.Laterality = None  # Type 2C: known to be unknown
+    if needs_laterality and "Laterality" not in sc:
+        sc.Laterality = None  # Type 2C: the side is unknown
+    elif not needs_laterality and "Laterality" in sc:
+        del sc.Laterality  # Type 2C: Image Laterality carries the side
     if source.get("ImageLaterality"):
         sc.ImageLaterality = source.ImageLaterality
     if source.get("BodyPartExamined"):

@@ -1,0 +1,157 @@
+"""Delivery of results to the configured destinations by C-STORE (SCU).
+
+Export rows in the index are the queue: a background thread takes due exports, sends each
+destination's batch over one association, and records success or the next attempt time.
+Backoff is exponential and capped, attempts are bounded, and at most ``max_concurrent``
+associations are open at once, so a destination that is down causes no retry storm. State
+lives in the index, so a restart while a destination is down loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pydicom
+from pynetdicom import AE
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import ExportRepository, FileStore, Instance, run_write
+
+from .config import DeliverySettings, Destination
+
+__all__ = ["DeliveryService", "backoff_seconds"]
+
+log = logging.getLogger(__name__)
+
+# Success, and the storage warnings (coercion, elements discarded, data set mismatch) after
+# which the destination holds the object.
+_ACCEPTED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+
+
+def backoff_seconds(attempts: int, settings: DeliverySettings) -> float:
+    """Delay after the ``attempts``-th failed attempt: initial * 2^(attempts-1), capped."""
+    return min(settings.backoff_max_seconds,
+               settings.backoff_initial_seconds * 2 ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True)
+class _Item:
+    export_id: int
+    attempts: int
+    relpath: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+class DeliveryService:
+    """Sends pending exports; one thread polls, a bounded pool sends."""
+
+    def __init__(self, sessions: sessionmaker[Session], store: FileStore,
+                 destinations: Sequence[Destination], settings: DeliverySettings, *,
+                 calling_ae: str, poll_seconds: float = 1.0) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.destinations = {d.name: d for d in destinations}
+        self.settings = settings
+        self.calling_ae = calling_ae
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent,
+                                        thread_name_prefix="pacs-node-send")
+        self._thread = threading.Thread(target=self._loop, name="pacs-node-delivery",
+                                        daemon=True)
+
+    def start(self) -> None:
+        if self.destinations:
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _due(self) -> dict[str, list[_Item]]:
+        def work(session: Session) -> dict[str, list[_Item]]:
+            batches: dict[str, list[_Item]] = defaultdict(list)
+            exports = ExportRepository(session)
+            now = datetime.now(UTC)
+            for export in exports.due(now, limit=200):
+                instance = session.get(Instance, export.instance_id)
+                if export.destination not in self.destinations or instance is None:
+                    exports.mark_failed(export.id, next_attempt_at=None,
+                                        error="destination not configured or object gone")
+                    continue
+                batches[export.destination].append(_Item(
+                    export.id, export.attempts, instance.relpath, instance.sop_class_uid,
+                    instance.transfer_syntax_uid))
+            return dict(batches)
+
+        return run_write(self.sessions, work)
+
+    def deliver_once(self) -> int:
+        """Send every due export (each destination in its own association); return count."""
+        batches = self._due()
+        futures = [self._pool.submit(self._send, name, items) for name, items in batches.items()]
+        return sum(f.result() for f in futures)
+
+    def _send(self, name: str, items: list[_Item]) -> int:
+        dest = self.destinations[name]
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        for sop_class, syntax in sorted({(i.sop_class_uid, i.transfer_syntax_uid)
+                                         for i in items}):
+            ae.add_requested_context(sop_class, [syntax])
+        outcomes: dict[int, str | None] = {}
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        if not assoc.is_established:
+            error = "association rejected or destination unreachable"
+            outcomes = {i.export_id: error for i in items}
+        else:
+            try:
+                for item in items:
+                    if self._stop.is_set():
+                        break
+                    ds = pydicom.dcmread(self.store.path_of(item.relpath))
+                    status = assoc.send_c_store(ds)
+                    code = getattr(status, "Status", None)
+                    accepted = code is not None and code in _ACCEPTED
+                    outcomes[item.export_id] = None if accepted else f"C-STORE status {code}"
+            finally:
+                assoc.release()
+        self._record(name, items, outcomes)
+        return sum(1 for v in outcomes.values() if v is None)
+
+    def _record(self, name: str, items: list[_Item], outcomes: dict[int, str | None]) -> None:
+        def work(session: Session) -> None:
+            exports = ExportRepository(session)
+            now = datetime.now(UTC)
+            for item in items:
+                if item.export_id not in outcomes:
+                    continue
+                error = outcomes[item.export_id]
+                if error is None:
+                    exports.mark_sent(item.export_id, now)
+                    continue
+                attempts = item.attempts + 1
+                retry_at = (None if attempts >= self.settings.max_attempts else
+                            now + timedelta(seconds=backoff_seconds(attempts, self.settings)))
+                exports.mark_failed(item.export_id, error=error, next_attempt_at=retry_at)
+
+        run_write(self.sessions, work)
+        failed = sum(1 for v in outcomes.values() if v is not None)
+        log.info("delivery to %s: %d sent, %d failed", name, len(outcomes) - failed, failed)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.deliver_once()
+            except Exception:  # noqa: BLE001 - keep delivering; the next poll retries
+                log.exception("delivery round failed")
+            self._stop.wait(self.poll_seconds)

@@ -1,0 +1,151 @@
+"""Assembling a running node from its settings (the ``serve`` and ``worker`` entry points).
+
+Everything is built here, never at import: the index engine (migrated to the latest
+schema), the file store (left-over temp files removed), the model cache, the pipeline, the
+dispatcher (a local job thread on ``memory://``, Celery otherwise), the study tracker, the
+DIMSE listener and the delivery service.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import FileStore, create_engine_for, migrate, session_factory
+from workers.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
+from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
+
+from .config import Settings
+from .delivery import DeliveryService
+from .dimse import DimseServer
+from .tracker import StudyTracker
+
+__all__ = ["Node", "NodeStartError", "Storage", "open_storage", "pipeline_factory"]
+
+log = logging.getLogger(__name__)
+
+
+class NodeStartError(RuntimeError):
+    """The node cannot start (occupied port, unusable store...); the message says why."""
+
+
+@dataclass
+class Storage:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: FileStore
+
+
+def open_storage(settings: Settings) -> Storage:
+    """Engine (migrated), session factory and file store of ``settings``."""
+    root = Path(settings.storage.root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NodeStartError(f"storage.root {root} cannot be created: {exc.strerror}") from None
+    engine = create_engine_for(settings.storage.database_url)
+    migrate(engine)
+    store = FileStore(root)
+    removed = store.remove_temp_files()
+    if removed:
+        log.info("removed %d left-over temporary files from the store", removed)
+    return Storage(engine, session_factory(engine), store)
+
+
+def pipeline_factory(settings: Settings, storage: Storage):  # type: ignore[no-untyped-def]
+    """A zero-argument callable building the study pipeline (models load lazily)."""
+
+    def build() -> StudyPipeline:
+        options = PipelineOptions(
+            routes=tuple(settings.pipeline.routes),
+            aggregation=settings.pipeline.aggregation,
+            threshold=settings.pipeline.threshold,
+            destinations=tuple(d.name for d in settings.destinations),
+            lease_seconds=settings.queue.lease_seconds,
+        )
+        return StudyPipeline(storage.store, storage.sessions, options, ModelCache())
+
+    return build
+
+
+def _check_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise NodeStartError(f"{what} {host}:{port} is already in use: is another "
+                                     "node running? Change the port in the config.") from None
+            raise NodeStartError(f"cannot listen on {what} {host}:{port}: {exc.strerror}") \
+                from None
+
+
+class Node:
+    """A running node: DIMSE listener, study tracker, job runner (embedded) and delivery."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.storage: Storage | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._local: LocalDispatcher | None = None
+        self.tracker: StudyTracker | None = None
+        self.dimse: DimseServer | None = None
+        self.delivery: DeliveryService | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.settings.queue.broker_url.startswith("memory://")
+
+    def start(self) -> None:
+        s = self.settings
+        _check_port_free(s.node.dimse_host, s.node.dimse_port, "node.dimse_port")
+        self.storage = storage = open_storage(s)
+        if self.embedded:
+            self._local = LocalDispatcher(pipeline_factory(s, storage))
+            self._local.start()
+            self.dispatcher = self._local
+        else:
+            from workers.celery_app import create_celery_app
+
+            app = create_celery_app(s.queue.broker_url,
+                                    pipeline_factory=pipeline_factory(s, storage),
+                                    max_attempts=s.queue.max_attempts,
+                                    lease_seconds=s.queue.lease_seconds)
+            self.dispatcher = CeleryDispatcher(app)
+        self.tracker = StudyTracker(
+            storage.sessions, self.dispatcher, stable_seconds=s.study.stable_seconds,
+            max_attempts=s.queue.max_attempts,
+            enqueue_timeout=s.queue.enqueue_timeout_seconds,
+            reconcile_interval=s.queue.reconcile_interval_seconds)
+        if self.embedded:
+            # This process is the only worker: whatever a crashed run left running is ours.
+            self.tracker.release_orphans()
+        self.tracker.start()
+        self.delivery = DeliveryService(storage.sessions, storage.store, s.destinations,
+                                        s.delivery, calling_ae=s.node.ae_title)
+        self.delivery.start()
+        self.dimse = DimseServer(s.node, storage.store, storage.sessions,
+                                 on_stored=self.tracker.nudge)
+        self.dimse.start()
+        log.info("pacs-node %s listening for DICOM on %s:%d (%s queue)", s.node.ae_title,
+                 s.node.dimse_host, s.node.dimse_port,
+                 "embedded" if self.embedded else "celery")
+
+    def stop(self) -> None:
+        if self.dimse is not None:
+            self.dimse.stop()
+        if self.tracker is not None:
+            self.tracker.stop()
+        if self._local is not None:
+            self._local.stop()
+        if self.delivery is not None:
+            self.delivery.stop()
+        if self.storage is not None:
+            self.storage.engine.dispose()

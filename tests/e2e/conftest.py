@@ -1,0 +1,244 @@
+"""Real peers for end-to-end tests: the node as a process, Orthanc as the PACS, dcmtk.
+
+Every process a test starts runs on free loopback ports with its own temporary config and
+is stopped by PID. Waits are conditions with deadlines, never bare sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PACS_NODE = str(Path(sys.executable).with_name("pacs-node"))
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def require(tool: str) -> str:
+    """The path of a peer; a missing peer is a failure, never a skip."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"peer {tool!r} is not installed: run `make test` (it installs the peers)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float, what: str,
+             interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def echo(port: int, called: str = "PACSNODE", calling: str = "ECHOSCU") -> bool:
+    result = subprocess.run([require("echoscu"), "-aet", calling, "-aec", called,
+                             "127.0.0.1", str(port)], capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+def storescu(port: int, files: list[Path], *, called: str = "PACSNODE",
+             calling: str = "MODALITY", extra: list[str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run([require("storescu"), "-aet", calling, "-aec", called,
+                           *(extra or []), "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True,
+                         timeout=120)
+    return [line for line in (out.stdout + out.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+# -- Orthanc ---------------------------------------------------------------------------
+
+
+@dataclass
+class Orthanc:
+    dicom_port: int
+    http_port: int
+    aet: str = "ORTHANC"
+    process: subprocess.Popen[bytes] | None = None
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
+                                    timeout=30) as response:
+            body = response.read()
+        return json.loads(body) if path.split("?")[0].rsplit("/", 1)[-1] != "file" else body
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.get("/system"))
+        except OSError:
+            return False
+
+    def instances_of(self, study_uid: str) -> list[dict[str, Any]]:
+        """Every instance of a study: its tags (SOPClassUID, Modality...) and file bytes."""
+        found = self.get_post("/tools/find", {"Level": "Study", "Query":
+                                              {"StudyInstanceUID": study_uid}})
+        out = []
+        for study_id in found:
+            for series_id in self.get(f"/studies/{study_id}")["Series"]:
+                series = self.get(f"/series/{series_id}")
+                for instance_id in series["Instances"]:
+                    tags = self.get(f"/instances/{instance_id}/simplified-tags")
+                    out.append({"id": instance_id, "tags": tags})
+        return out
+
+    def file(self, instance_id: str) -> bytes:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.http_port}/instances/{instance_id}/file", timeout=30
+        ) as response:
+            return response.read()
+
+    def get_post(self, path: str, payload: dict[str, Any]) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+
+def start_orthanc(workdir: Path, dicom_port: int | None = None) -> Orthanc:
+    binary = require("Orthanc")
+    if not DICOMWEB_PLUGIN.is_file():
+        pytest.fail("orthanc-dicomweb is not installed: run `make test`")
+    orthanc = Orthanc(dicom_port or free_port(), free_port())
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": "pacs-node-test-pacs", "DicomAet": orthanc.aet,
+        "DicomPort": orthanc.dicom_port, "HttpPort": orthanc.http_port,
+        "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)], "StableAge": 2, "HttpTimeout": 30,
+    }
+    (workdir / "orthanc.json").write_text(json.dumps(config))
+    log = (workdir / "orthanc.log").open("wb")
+    orthanc.process = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=log,
+                                       stderr=subprocess.STDOUT,
+                                       env={**os.environ, "TCP_NODELAY": "1"})
+    wait_for(orthanc.alive, timeout=60, what="Orthanc to answer on HTTP")
+    return orthanc
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    pacs = start_orthanc(tmp_path / "orthanc")
+    try:
+        yield pacs
+    finally:
+        stop_process(pacs.process)
+
+
+# -- the node --------------------------------------------------------------------------
+
+
+@dataclass
+class NodeProcess:
+    workdir: Path
+    config: Path
+    port: int
+    settings: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self, *, with_worker: bool = False) -> None:
+        self.starts += 1
+        log = (self.workdir / f"node-{self.starts}.log").open("wb")
+        env = {**os.environ, **self.env}
+        self.process = subprocess.Popen([PACS_NODE, "serve", "--config", str(self.config)],
+                                        cwd=self.workdir, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+        if with_worker:
+            wlog = (self.workdir / f"worker-{self.starts}.log").open("wb")
+            self.worker = subprocess.Popen([PACS_NODE, "worker", "--config", str(self.config)],
+                                           cwd=self.workdir, stdout=wlog,
+                                           stderr=subprocess.STDOUT, env=env)
+        wait_for(lambda: self.process.poll() is not None or echo(self.port), timeout=90,
+                 what="the node to answer C-ECHO", interval=0.3)
+        if self.process.poll() is not None:
+            raise AssertionError(f"node exited: {self.log()}")
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:]
+                         for p in sorted(self.workdir.glob("*.log")))
+
+    def stop(self, *, kill: bool = False) -> None:
+        stop_process(self.process, kill=kill)
+        stop_process(self.worker, kill=kill)
+
+    def studies(self) -> list[dict[str, Any]]:
+        out = subprocess.run([PACS_NODE, "studies", "--config", str(self.config), "--json"],
+                             cwd=self.workdir, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **self.env})
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def make_node(workdir: Path, *, destinations: list[dict[str, Any]] | None = None,
+              database_url: str | None = None, broker_url: str = "memory://",
+              stable_seconds: float = 2.0, extra: dict[str, Any] | None = None) -> NodeProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    settings: dict[str, Any] = {
+        "node": {"ae_title": "PACSNODE", "dimse_host": "127.0.0.1", "dimse_port": port,
+                 "http_port": free_port()},
+        "storage": {"root": str(workdir / "store"),
+                    "database_url": database_url or f"sqlite:///{workdir / 'index.db'}"},
+        "queue": {"broker_url": broker_url, "reconcile_interval_seconds": 2.0,
+                  "enqueue_timeout_seconds": 20.0},
+        "study": {"stable_seconds": stable_seconds},
+        "destinations": destinations or [],
+        "delivery": {"backoff_initial_seconds": 1.0, "backoff_max_seconds": 8.0,
+                     "max_attempts": 20},
+    }
+    for section, values in (extra or {}).items():
+        settings.setdefault(section, {}).update(values)
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    return NodeProcess(workdir, config, port, settings)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"

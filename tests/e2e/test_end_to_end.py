@@ -1,0 +1,168 @@
+"""A modality pushes studies; the PACS (Orthanc) receives one SR and one SC per view.
+
+Runs the real node process (`pacs-node serve`) with the embedded queue on SQLite, and with
+PostgreSQL + Redis + a separate `pacs-node worker`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from highdicom.sr import srread
+from pydicom.data import get_testdata_file
+
+from models.synth import generate_dataset, read_manifest
+
+from .conftest import (
+    NodeProcess,
+    Orthanc,
+    dciodvfy_errors,
+    make_node,
+    storescu,
+    wait_for,
+)
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture(scope="module")
+def two_view_study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, studies=4, seed=21, size=384)
+    by_study: dict[str, list[Path]] = {}
+    for entry in read_manifest(root):
+        by_study.setdefault(entry["study_instance_uid"], []).append(root / entry["path"])
+    return next(files for files in by_study.values() if len(files) == 2)
+
+
+def _results(orthanc: Orthanc, study_uid: str) -> tuple[list[dict], list[dict]]:
+    instances = orthanc.instances_of(study_uid)
+    srs = [i for i in instances if i["tags"].get("SOPClassUID") == SR_CLASS]
+    scs = [i for i in instances if i["tags"].get("SOPClassUID") == SC_CLASS]
+    return srs, scs
+
+
+def _wait_results(orthanc: Orthanc, study_uid: str, views: int, timeout: float,
+                  node: NodeProcess) -> tuple[list[dict], list[dict]]:
+    def ready() -> tuple[list[dict], list[dict]] | None:
+        srs, scs = _results(orthanc, study_uid)
+        return (srs, scs) if srs and len(scs) >= views else None
+
+    try:
+        return wait_for(ready, timeout=timeout, what=f"results of {study_uid} in Orthanc",
+                        interval=1.0)
+    except AssertionError:
+        raise AssertionError(f"no results; node log:\n{node.log()}") from None
+
+
+def _check_study(orthanc: Orthanc, node: NodeProcess, files: list[Path], tmp: Path) -> None:
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    study_uid = str(sources[0].StudyInstanceUID)
+    pushed = {str(ds.SOPInstanceUID) for ds in sources}
+    srs, scs = _wait_results(orthanc, study_uid, len(files), 60 + 30, node)
+    # Nothing more arrives later: exactly one SR and one SC per view.
+    srs, scs = _results(orthanc, study_uid)
+    assert len(srs) == 1, srs
+    assert len(scs) == len(files)
+    for item in [*srs, *scs]:
+        path = tmp / f"{item['id']}.dcm"
+        path.write_bytes(orthanc.file(item["id"]))
+        assert dciodvfy_errors(path) == [], path
+    sr = srread(io.BytesIO(orthanc.file(srs[0]["id"])))
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert evidence == pushed
+    sc_sources = {
+        str(pydicom.dcmread(io.BytesIO(orthanc.file(sc["id"]))).SourceImageSequence[0]
+            .ReferencedSOPInstanceUID) for sc in scs
+    }
+    assert sc_sources == pushed
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded", "postgresql-redis"])
+def test_pushed_studies_come_back_as_sr_and_sc(
+    backend: str, orthanc: Orthanc, two_view_study: list[Path], tmp_path: Path,
+    postgres_url_factory, redis_url_factory,
+) -> None:
+    dest = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
+             "port": orthanc.dicom_port}]
+    if backend == "sqlite-embedded":
+        node = make_node(tmp_path / "node", destinations=dest)
+    else:
+        node = make_node(tmp_path / "node", destinations=dest,
+                         database_url=postgres_url_factory(), broker_url=redis_url_factory())
+    node.start(with_worker=backend != "sqlite-embedded")
+    try:
+        rg3 = Path(get_testdata_file("RG3_UNCR.dcm"))
+        for files in ([rg3], two_view_study):
+            result = storescu(node.port, files)
+            assert result.returncode == 0, result.stderr
+        _check_study(orthanc, node, [rg3], tmp_path)
+        _check_study(orthanc, node, two_view_study, tmp_path)
+
+        # The SC of RG3 (MONOCHROME1) shows bone bright on a dark background.
+        rg3_uid = str(pydicom.dcmread(rg3, stop_before_pixels=True).StudyInstanceUID)
+        _, scs = _results(orthanc, rg3_uid)
+        sc = pydicom.dcmread(io.BytesIO(orthanc.file(scs[0]["id"])))
+        grey = sc.pixel_array.astype(float).mean(axis=2)
+        rows, cols = grey.shape
+        # RG3's tibia runs down the middle of the collimated field; air lies beside the leg.
+        bone = grey[int(rows * 0.3):int(rows * 0.6), int(cols * 0.45):int(cols * 0.5)].mean()
+        air = grey[int(rows * 0.3):int(rows * 0.6), int(cols * 0.27):int(cols * 0.31)].mean()
+        assert bone > air + 60, (bone, air)
+
+        listing = {s["study_instance_uid"]: s for s in node.studies()}
+        assert listing[rg3_uid]["job_state"] == "done"
+        assert listing[rg3_uid]["fracture_probability"] is not None
+    finally:
+        node.stop()
+
+
+def test_make_run_config_answers_echo(tmp_path: Path) -> None:
+    """The shipped config.yaml starts a node that answers C-ECHO (what `make run` runs)."""
+    from .conftest import PACS_NODE, REPO, echo, free_port, stop_process
+
+    port = free_port()
+    env = {"PACS_NODE__NODE__DIMSE_PORT": str(port),
+           "PACS_NODE__STORAGE__ROOT": str(tmp_path / "store"),
+           "PACS_NODE__STORAGE__DATABASE_URL": f"sqlite:///{tmp_path / 'index.db'}"}
+    import os
+
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen([PACS_NODE, "serve", "--config", str(REPO / "config.yaml")],
+                               cwd=tmp_path, env={**os.environ, **env}, stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: process.poll() is not None or echo(port), timeout=90,
+                 what="C-ECHO from the default node")
+        assert process.poll() is None, (tmp_path / "serve.log").read_text()
+        # A second node on the same port fails with a clear message.
+        clash = subprocess.run([PACS_NODE, "serve", "--config", str(REPO / "config.yaml")],
+                               cwd=tmp_path, env={**os.environ, **env}, capture_output=True,
+                               text=True, timeout=120)
+        assert clash.returncode == 2
+        assert "already in use" in clash.stderr
+    finally:
+        stop_process(process)
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    from .conftest import PACS_NODE
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(json.dumps({"node": {"dimse_port": 70000}, "study": {"stabel": 1}}))
+    out = subprocess.run([PACS_NODE, "serve", "--config", str(config)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert "node.dimse_port" in out.stderr
+    assert "study.stabel" in out.stderr
