@@ -175,10 +175,22 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path: Path
     assert a[MANIFEST_NAME] != c[MANIFEST_NAME]
 
 
-def test_fifty_studies_of_seed_7_include_a_positive_study_with_a_hidden_view(
-        tmp_path: Path) -> None:
+def test_fifty_studies_of_seed_7_meet_the_acceptance(tmp_path: Path) -> None:
+    """`pacs-node synth --studies 50 --seed 7`: every file passes dciodvfy, both photometric
+    interpretations occur, most studies have 2+ views, and a positive study has a view where
+    its fracture is hidden (here at 128 px to stay fast; the geometry is size-independent)."""
     summary = generate_dataset(tmp_path, studies=50, seed=7, size=128)
     entries = read_manifest(tmp_path)
+    for e in entries:
+        out = subprocess.run([str(DCIODVFY), str(tmp_path / e["path"])], capture_output=True,
+                             text=True, timeout=60)
+        errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+        assert errors == [], (e["path"], errors)
+    assert {e["photometric"] for e in entries} == {"MONOCHROME1", "MONOCHROME2"}
+    views: dict[str, int] = {}
+    for e in entries:
+        views[e["study_instance_uid"]] = views.get(e["study_instance_uid"], 0) + 1
+    assert sum(n >= 2 for n in views.values()) > len(views) / 2
     positives = {e["study_instance_uid"] for e in entries if e["study_label"] == 1}
     assert 15 <= len(positives) <= 35
     assert summary.positives == len(positives)
