@@ -63,6 +63,7 @@ class TrainConfig:
     version: str = "0.1.0"
     synthetic_demo: bool = False
     threads: int | None = None
+    bf16: bool = False  # bfloat16 autocast (CPU with AVX512-BF16/AMX, or CUDA)
 
     def __post_init__(self) -> None:
         if self.model_type != "global_pool":
@@ -165,7 +166,13 @@ def train(
         total, count = 0.0, 0
         for step, (images, targets) in enumerate(loader, start=1):
             images, targets = images.to(device), targets.to(device)
-            loss = loss_fn(network(images), targets)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits = network(images)
+            loss = loss_fn(logits.float(), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch}, step {step} (loss {float(loss)}); "
+                    "lower --lr or drop --bf16")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -101,6 +101,8 @@ def train(
     lr: Annotated[float, typer.Option()] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling, augmentation")]
     = 0,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast (faster on recent CPUs)")]
+    = False,
     demo: Annotated[bool, typer.Option(help="Mark the checkpoint as the synthetic demo")]
     = False,
     name: Annotated[str | None, typer.Option(help="Model name in the metadata")] = None,
@@ -122,7 +124,7 @@ def train(
             model_type=model_type, backbone=backbone, stages=stages, pooling=pooling,
             lse_r=lse_r, input_size=input_size, label_set=label_set.value,
             balance=balance.value, augment=AUGMENT_PRESETS[augment.value], epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed,
+            batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
             name=name or ("demo_global_pool" if demo else model_type),
             synthetic_demo=demo or synthetic,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def open_storage(settings: Settings) -> Storage:
     return Storage(engine, session_factory(engine), store)
 
 
-def pipeline_factory(settings: Settings, storage: Storage):  # type: ignore[no-untyped-def]
+def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], StudyPipeline]:
     """A zero-argument callable building the study pipeline (models load lazily)."""
 
     def build() -> StudyPipeline:

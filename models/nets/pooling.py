@@ -22,7 +22,10 @@ def lse_pool(x: torch.Tensor, r: float) -> torch.Tensor:
     """
     if r <= 0 or not math.isfinite(r):
         raise ValueError(f"LSE sharpness r must be a positive finite number, got {r!r}")
+    # Always in float32 at least: under bfloat16 autocast, mean(expm1(.)) can round to -1.
     flat = x.flatten(2)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
     peak = flat.amax(dim=2, keepdim=True)
     # Detach the shift: the result is mathematically independent of it.
     z = r * (flat - peak.detach())

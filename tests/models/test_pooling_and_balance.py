@@ -93,3 +93,12 @@ def test_sampler_draws_balanced_epochs_without_repeats() -> None:
     assert len(set(drawn)) == len(drawn)  # no sample twice in one epoch
     counts = Counter(labels[i] for i in drawn)
     assert 12 <= counts[1] <= 28  # about half of each, in expectation 20/20
+
+
+def test_lse_stays_finite_under_bfloat16_autocast() -> None:
+    x = torch.randn(2, 4, 32, 32) * 5
+    x[:, :, 3, 3] = 40.0  # one hot spot in a large map: the rest rounds expm1 to -1 in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lse_pool(x.bfloat16(), 10.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, lse_pool(x, 10.0), atol=0.5, rtol=0.02)
