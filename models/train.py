@@ -64,6 +64,9 @@ class TrainConfig:
     synthetic_demo: bool = False
     threads: int | None = None
     bf16: bool = False  # bfloat16 autocast (CPU with AVX512-BF16/AMX, or CUDA)
+    # Start from the weights of an earlier run (same architecture; the input size may
+    # differ: the network is fully convolutional), e.g. to fine-tune at a higher resolution.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.model_type != "global_pool":
@@ -137,6 +140,8 @@ def train(
         raise ValueError("the training split holds a single class: nothing to learn")
 
     network, arch = _build_network(config, len(classes))
+    if config.init_from is not None:
+        _initialise_from(network, arch, Path(config.init_from))
     network.to(device)
     use_weights = config.balance in ("weights", "both")
     weights = class_weights(labels, len(classes)) if use_weights else None
@@ -217,6 +222,16 @@ def train(
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, summary=summary)
+
+
+def _initialise_from(network: nn.Module, arch: dict[str, Any], path: Path) -> None:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
+        raise ValueError(f"--init-from {path}: not a pacs-node checkpoint")
+    earlier = blob["metadata"].get("architecture", {})
+    if earlier != arch:
+        raise ValueError(f"--init-from {path}: architecture {earlier} differs from {arch}")
+    network.load_state_dict(blob["state_dict"])
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:

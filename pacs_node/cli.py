@@ -103,6 +103,8 @@ def train(
     = 0,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast (faster on recent CPUs)")]
     = False,
+    init_from: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights")]
+    = None,
     demo: Annotated[bool, typer.Option(help="Mark the checkpoint as the synthetic demo")]
     = False,
     name: Annotated[str | None, typer.Option(help="Model name in the metadata")] = None,
@@ -125,6 +127,7 @@ def train(
             lse_r=lse_r, input_size=input_size, label_set=label_set.value,
             balance=balance.value, augment=AUGMENT_PRESETS[augment.value], epochs=epochs,
             batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
+            init_from=str(init_from) if init_from else None,
             name=name or ("demo_global_pool" if demo else model_type),
             synthetic_demo=demo or synthetic,
         )

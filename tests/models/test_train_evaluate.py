@@ -154,3 +154,21 @@ def test_cli_refuses_ambiguous_training_data(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m.pt")])
     assert result.exit_code == 2
     assert "--data" in result.output
+
+
+def test_fine_tuning_starts_from_an_earlier_run_at_another_size(
+    dataset: Path, tiny_run, tmp_path: Path
+) -> None:
+    base = tiny_run.summary["config"]
+    config = TrainConfig(**{**base, "augment": AugmentConfig(**base["augment"]),
+                            "input_size": SIZE + 32, "epochs": 1,
+                            "init_from": str(tiny_run.best_checkpoint)})
+    data = prepare_dataset(dataset, size=SIZE + 32)
+    result = train(config, data, tmp_path, data_description={"kind": "synthetic"})
+    model = load_model(result.last_checkpoint, device="cpu")
+    assert model.metadata.input_size == SIZE + 32
+    assert model.metadata.training["recipe"]["init_from"] == str(tiny_run.best_checkpoint)
+    wider = TrainConfig(**{**base, "augment": AugmentConfig(**base["augment"]),
+                           "transition_channels": 8, "init_from": str(tiny_run.best_checkpoint)})
+    with pytest.raises(ValueError, match="architecture"):
+        train(wider, data, tmp_path / "x", data_description={})
