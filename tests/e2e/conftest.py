@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -242,3 +243,61 @@ def make_node(workdir: Path, *, destinations: list[dict[str, Any]] | None = None
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+# -- looking into the node and the PACS -------------------------------------------------
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+
+
+def index_rows(node: NodeProcess, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on the node's SQLite index (safe while the node writes)."""
+    db = node.workdir / "index.db"
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return connection.execute(sql, params).fetchall()
+    finally:
+        connection.close()
+
+
+def result_uids(orthanc: Orthanc, study_uid: str) -> tuple[list[str], list[str]]:
+    """SOP Instance UIDs of the SRs and of the Secondary Captures Orthanc holds for a study."""
+    instances = orthanc.instances_of(study_uid)
+    srs = [str(i["tags"]["SOPInstanceUID"]) for i in instances
+           if i["tags"].get("SOPClassUID") == SR_CLASS]
+    scs = [str(i["tags"]["SOPInstanceUID"]) for i in instances
+           if i["tags"].get("SOPClassUID") == SC_CLASS]
+    return srs, scs
+
+
+def find_image_uids(port: int, study_uid: str, series_uid: str,
+                    called: str = "PACSNODE") -> set[str]:
+    """SOP Instance UIDs the node answers for a Study Root C-FIND at IMAGE level."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind as FIND,
+    )
+
+    ae = AE(ae_title="FINDSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(FIND)
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    query.SOPInstanceUID = ""
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established, "C-FIND association refused"
+    found: set[str] = set()
+    final = None
+    try:
+        for status, identifier in assoc.send_c_find(query, FIND):
+            final = getattr(status, "Status", None)
+            if final in (0xFF00, 0xFF01) and identifier is not None:
+                found.add(str(identifier.SOPInstanceUID))
+    finally:
+        assoc.release()
+    assert final == 0x0000, f"C-FIND ended with status {final}"
+    return found
