@@ -67,6 +67,9 @@ class TrainConfig:
     # Start from the weights of an earlier run (same architecture; the input size may
     # differ: the network is fully convolutional), e.g. to fine-tune at a higher resolution.
     init_from: str | None = None
+    # Stop after this many epochs of an ``epochs``-long schedule (the learning-rate schedule
+    # still spans ``epochs``); None runs them all.
+    stop_after: int | None = None
 
     def __post_init__(self) -> None:
         if self.model_type != "global_pool":
@@ -165,7 +168,8 @@ def train(
     history: list[dict[str, Any]] = []
     best_score = -math.inf
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    last_epoch = min(config.epochs, config.stop_after or config.epochs)
+    for epoch in range(1, last_epoch + 1):
         views.set_epoch(epoch)
         network.train()
         total, count = 0.0, 0

@@ -105,6 +105,8 @@ def train(
     = False,
     init_from: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights")]
     = None,
+    stop_after: Annotated[int | None, typer.Option(min=1, help="Stop after N epochs of the "
+                                                   "--epochs schedule")] = None,
     demo: Annotated[bool, typer.Option(help="Mark the checkpoint as the synthetic demo")]
     = False,
     name: Annotated[str | None, typer.Option(help="Model name in the metadata")] = None,
@@ -127,7 +129,7 @@ def train(
             lse_r=lse_r, input_size=input_size, label_set=label_set.value,
             balance=balance.value, augment=AUGMENT_PRESETS[augment.value], epochs=epochs,
             batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
-            init_from=str(init_from) if init_from else None,
+            init_from=str(init_from) if init_from else None, stop_after=stop_after,
             name=name or ("demo_global_pool" if demo else model_type),
             synthetic_demo=demo or synthetic,
         )
