@@ -8,7 +8,6 @@ input, so epochs cost only the network.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from torch.utils.data import Dataset
 
 from .augment import Augmenter
 from .preprocess import Affine2D, PreparedView, prepare_view
+from .synth import MANIFEST_NAME
+from .synth import read_manifest as read_manifest_lines
 
 __all__ = [
     "LABEL_SETS",
@@ -33,7 +34,6 @@ __all__ = [
     "view_class",
 ]
 
-MANIFEST_NAME = "manifest.jsonl"
 REQUIRED_KEYS = ("path", "sop_instance_uid", "study_instance_uid", "label")
 # Label sets of the seeds: fracture vs normal (all seeds), AO type A/B (seed 000 §III, 3
 # classes), Garden non-displaced I/II vs displaced III/IV (seed 002).
@@ -46,24 +46,13 @@ LABEL_SETS: dict[str, tuple[str, ...]] = {
 
 def read_manifest(root: Path) -> list[dict[str, Any]]:
     """The manifest entries of the data set at ``root``, each checked for required keys."""
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {root}: not a pacs-node data set")
-    entries = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            missing = [k for k in REQUIRED_KEYS if k not in entry]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing keys {missing}")
-            entries.append(entry)
+    entries = read_manifest_lines(root)
+    for number, entry in enumerate(entries, start=1):
+        missing = [k for k in REQUIRED_KEYS if k not in entry]
+        if missing:
+            raise ValueError(f"{Path(root) / MANIFEST_NAME}: view {number}: missing keys {missing}")
     if not entries:
-        raise ValueError(f"{path} lists no views")
+        raise ValueError(f"{Path(root) / MANIFEST_NAME} lists no views")
     return entries
 
 
