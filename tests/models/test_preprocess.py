@@ -43,7 +43,7 @@ FIELD_COLUMNS = slice(480, 1220)
 def _read(name: str) -> Dataset:
     path = get_testdata_file(name)
     if path is None:
-        pytest.skip(f"pydicom-data file {name} not available")
+        pytest.fail(f"pydicom-data file {name} not available: `make test` installs pydicom-data")
     return pydicom.dcmread(path)
 
 
