@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,22 +71,13 @@ class StudyTracker:
                     created.append(job.id)
             return created
 
-        job_ids = run_write(self.sessions, work)
-        for job_id in job_ids:
-            self.dispatcher.enqueue(job_id)
-        if job_ids:
-            log.info("settled studies: dispatched jobs %s", job_ids)
-        return job_ids
+        return self._commit_then_dispatch(work, "settled studies: dispatched jobs %s")
 
     def release_orphans(self) -> list[int]:
         """At start of a node that is the only worker: jobs left ``running`` by a crashed
         process are queued and dispatched again at once instead of after their lease."""
-        job_ids = run_write(self.sessions, lambda s: JobRepository(s).release_running())
-        for job_id in job_ids:
-            self.dispatcher.enqueue(job_id)
-        if job_ids:
-            log.info("released jobs left running by a previous process: %s", job_ids)
-        return job_ids
+        return self._commit_then_dispatch(lambda s: JobRepository(s).release_running(),
+                                          "released jobs left running before: %s")
 
     def reconcile_once(self) -> list[int]:
         """Re-dispatch queued jobs whose wake-up is overdue and jobs with expired leases."""
@@ -99,11 +91,17 @@ class StudyTracker:
                 jobs.touch_enqueued(job_id, now)
             return stale
 
+        return self._commit_then_dispatch(work, "reconciler re-dispatched jobs %s")
+
+    def _commit_then_dispatch(self, work: Callable[[Session], list[int]], message: str
+                              ) -> list[int]:
+        """Run ``work`` in a committed transaction, then wake a worker for each job id it
+        returns: never before the commit (a worker must find the row)."""
         job_ids = run_write(self.sessions, work)
         for job_id in job_ids:
             self.dispatcher.enqueue(job_id)
         if job_ids:
-            log.info("reconciler re-dispatched jobs %s", job_ids)
+            log.info(message, job_ids)
         return job_ids
 
     def _loop(self) -> None:
