@@ -11,6 +11,7 @@ the job, so a retried job reproduces the same objects.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
@@ -208,6 +209,10 @@ class StudyPipeline:
             model = self.models.get(ref)
             predictions = model.predict([p for _, _, p in group.views],
                                         batch_size=self.options.batch_size)
+            # A view the model calls negative shows no candidate boxes: a reader would take
+            # boxes on a "no fracture" overlay for findings.
+            predictions = [p if p.fracture_probability >= self.options.threshold
+                           else dataclasses.replace(p, findings=()) for p in predictions]
             views = [ViewResult(source=ds, prediction=pred, site=site_of(header))
                      for (header, ds, _), pred in zip(group.views, predictions, strict=True)]
             agg = aggregate_study([(v.site, v.prediction.fracture_probability) for v in views],

@@ -181,3 +181,30 @@ def test_routing_never_processes_reports_or_own_output() -> None:
     assert route_for(hip, hips_only).name == "hips"
     rg3 = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"), stop_before_pixels=True)
     assert rg3.SOPClassUID == cr
+
+
+def _value_types(items) -> list[str]:
+    found = []
+    for item in items:
+        found.append(item.ValueType)
+        if "ContentSequence" in item:
+            found.extend(_value_types(item.ContentSequence))
+    return found
+
+
+def test_views_called_negative_carry_no_candidate_regions(
+    node_storage, checkpoint: Path, tmp_path: Path
+) -> None:
+    store, sessions = node_storage
+    for f in _study_files(tmp_path):
+        _ingest_file(store, sessions, f)
+    job_id = _settle(sessions)
+    # A threshold no view reaches: every view is negative, so no boxes or points are drawn.
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),), threshold=0.999)
+    assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) == "done"
+    with sessions() as session:
+        sr = session.scalars(select(Instance).where(Instance.sop_class_uid == SR_CLASS)).one()
+        summary = JobRepository(session).result_for(job_id).summary
+    types = _value_types(pydicom.dcmread(store.path_of(sr.relpath)).ContentSequence)
+    assert "SCOORD" not in types
+    assert all(p < 0.999 for m in summary["models"].values() for p in m["views"].values())
