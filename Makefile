@@ -50,12 +50,12 @@ bench: install
 	$(PY) benchmarks/synth_speed.py
 
 # Reproduces models/weights/demo_global_pool.pt from synthetic data only, in two stages
-# (256 px, then a fine-tune at 384 px: progressive resizing); about 40 min on 2 CPU cores.
+# (256 px, then a fine-tune at 384 px: progressive resizing); about 30 min on 2 CPU cores.
 DEMO_DATA := --synthetic --demo --synthetic-studies 800 --data-seed 1000 --stages 2 \
-	--augment mild --batch-size 16 --bf16
+	--pooling max --augment mild --batch-size 16 --bf16
 demo-weights: install
 	$(VENV)/bin/pacs-node train --model-type global_pool $(DEMO_DATA) --run-dir runs/demo-stage1 \
-	  --input-size 256 --epochs 36 --stop-after 20 --lr 2e-3 --out runs/demo-stage1.pt
+	  --input-size 256 --epochs 30 --lr 2e-3 --out runs/demo-stage1.pt
 	$(VENV)/bin/pacs-node train --model-type global_pool $(DEMO_DATA) --run-dir runs/demo-stage2 \
 	  --input-size 384 --epochs 14 --lr 1e-3 --init-from runs/demo-stage1.pt \
 	  --out models/weights/demo_global_pool.pt
