@@ -301,3 +301,14 @@ def find_image_uids(port: int, study_uid: str, series_uid: str,
         assoc.release()
     assert final == 0x0000, f"C-FIND ended with status {final}"
     return found
+
+
+def two_view_study_files(root: Path, *, size: int) -> list[Path]:
+    """The files of a synthetic study with two views (seed 21), written under ``root``."""
+    from models.synth import generate_dataset, read_manifest
+
+    generate_dataset(root, studies=4, seed=21, size=size)
+    by_study: dict[str, list[Path]] = {}
+    for entry in read_manifest(root):
+        by_study.setdefault(entry["study_instance_uid"], []).append(root / entry["path"])
+    return next(files for files in by_study.values() if len(files) == 2)

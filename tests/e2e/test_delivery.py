@@ -17,8 +17,6 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from models.synth import generate_dataset, read_manifest
-
 from .conftest import (
     NodeProcess,
     Orthanc,
@@ -28,6 +26,7 @@ from .conftest import (
     start_orthanc,
     stop_process,
     storescu,
+    two_view_study_files,
     wait_for,
 )
 
@@ -80,12 +79,7 @@ class ClosingListener:
 
 @pytest.fixture(scope="module")
 def two_view_study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, studies=4, seed=21, size=160)
-    by_study: dict[str, list[Path]] = {}
-    for entry in read_manifest(root):
-        by_study.setdefault(entry["study_instance_uid"], []).append(root / entry["path"])
-    return next(files for files in by_study.values() if len(files) == 2)
+    return two_view_study_files(tmp_path_factory.mktemp("synth"), size=160)
 
 
 def _exports(node: NodeProcess) -> list[tuple[str, int]]:

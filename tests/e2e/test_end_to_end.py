@@ -16,29 +16,22 @@ import pytest
 from highdicom.sr import srread
 from pydicom.data import get_testdata_file
 
-from models.synth import generate_dataset, read_manifest
-
 from .conftest import (
+    SC_CLASS,
+    SR_CLASS,
     NodeProcess,
     Orthanc,
     dciodvfy_errors,
     make_node,
     storescu,
+    two_view_study_files,
     wait_for,
 )
-
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
-SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @pytest.fixture(scope="module")
 def two_view_study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, studies=4, seed=21, size=384)
-    by_study: dict[str, list[Path]] = {}
-    for entry in read_manifest(root):
-        by_study.setdefault(entry["study_instance_uid"], []).append(root / entry["path"])
-    return next(files for files in by_study.values() if len(files) == 2)
+    return two_view_study_files(tmp_path_factory.mktemp("synth"), size=384)
 
 
 def _results(orthanc: Orthanc, study_uid: str) -> tuple[list[dict], list[dict]]:
