@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 
 from ._fracture import FracturePlan, Site, apply_fractures, site_visible
@@ -17,6 +19,11 @@ from ._scene import Group, render
 from ._wrist import build_wrist, radius_fracture, styloid_fracture, wrist_views
 
 Anatomy = Literal["hip", "wrist", "mixed"]
+
+# A site counts as visible only if the fracture changes the processed image, smoothed at
+# the scale a reader (or a model at ~384 px) resolves, by at least this many times the
+# local noise and texture (see ``site_conspicuity``).
+MIN_SITE_CONSPICUITY = 1.5
 
 _FAMILY = ("GARCIA", "MULLER", "ROSSI", "MARTIN", "SMITH", "NOVAK", "JANSEN", "SILVA",
            "NIELSEN", "KOWALSKI", "DUBOIS", "FERRARI", "LOPEZ", "SCHMIDT", "BROWN", "COSTA")
@@ -132,7 +139,30 @@ def _surface(solid: Solid, n: int = 400) -> np.ndarray:
     return pts
 
 
-def _site_record(site: Site, view: View, intact: list[Group], size: int) -> dict[str, Any]:
+def site_conspicuity(img: np.ndarray, intact: np.ndarray, box: list[float] | None) -> float:
+    """How far a fracture stands out of the image around it, in units of local noise.
+
+    ``img`` and ``intact`` are the same processed view (same exposure and noise) with and
+    without the fracture. The difference, smoothed at 1.5 px of a 512 px image, is compared
+    (99th percentile inside the fracture box) with the standard deviation of the image's
+    high-pass residue there: quantum noise plus trabecular texture, what hides a thin line.
+    """
+    if box is None:
+        return 0.0
+    h, w = img.shape
+    x0, y0 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x1, y1 = min(int(np.ceil(box[2])), w - 1), min(int(np.ceil(box[3])), h - 1)
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    scale = w / 512.0
+    diff = cv2.GaussianBlur(img - intact, (0, 0), max(1.5 * scale, 0.5))
+    residue = img - cv2.GaussianBlur(img, (0, 0), max(2.0 * scale, 0.7))
+    diff, residue = diff[y0:y1 + 1, x0:x1 + 1], residue[y0:y1 + 1, x0:x1 + 1]
+    return float(np.percentile(np.abs(diff), 99) / max(float(residue.std()), 1e-6))
+
+
+def _site_record(site: Site, view: View, intact: list[Group], size: int,
+                 pair: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     xy = view.project(site.trace)
     if len(site.extras):
         xy_all = np.vstack([xy, view.project(site.extras)])
@@ -142,13 +172,19 @@ def _site_record(site: Site, view: View, intact: list[Group], size: int) -> dict
     inside = bool(np.all(centre >= 0) and np.all(centre <= size - 1))
     visible = site_visible(site, view, intact, inside=inside)
     pad = max(2.0 / view.spacing, 2.0)
+    box = _bbox(xy_all, pad, size) if inside else None
+    conspicuity = None
+    if pair is not None:
+        conspicuity = site_conspicuity(pair[0], pair[1], box)
+        visible = visible and conspicuity >= MIN_SITE_CONSPICUITY
     return {
         "type": "displaced" if site.plan.displaced else "nondisplaced",
         "region": site.plan.region,
         "comminuted": site.plan.comminution is not None,
         "visible": visible,
         "point": [round(float(centre[0]), 2), round(float(centre[1]), 2)] if inside else None,
-        "box": _bbox(xy_all, pad, size) if inside else None,
+        "box": box,
+        "conspicuity": None if conspicuity is None else round(conspicuity, 3),
     }
 
 
@@ -212,7 +248,19 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
         marker = (lead_marker(view.shape, view.spacing, side, r_image)
                   if r_image.random() < 0.85 else None)
         exposure = sample_exposure(r_image, kind, bits)
+        r_twin = copy.deepcopy(r_image)  # the same noise, for the intact counterfactual
         img01 = expose(plain, trab, view, exposure, r_image, marker)
+        pair: tuple[np.ndarray, np.ndarray] | None = None  # (broken, intact) renderings
+        if sites:
+            # only the groups a fracture changed are rendered again, for the twin image
+            before = [g for g in ph.groups if not any(g is b for b in broken)]
+            after = [g for g in broken if not any(g is o for o in ph.groups)]
+            p_before, t_before = render(before, view)
+            p_after, t_after = render(after, view)
+            sign = -1.0 if fractures else 1.0
+            twin = expose(plain + sign * (p_after - p_before), trab + sign * (t_after - t_before),
+                          view, exposure, r_twin, marker)
+            pair = (img01, twin) if fractures else (twin, img01)
         pixels = quantise(img01, bits, r_image)
         top = (1 << bits) - 1
         text = None
@@ -221,7 +269,7 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
             burn_text(pixels, text, int(top * 0.98), r_image)
         if photometric == "MONOCHROME1":
             pixels = (top - pixels.astype(np.int32)).astype(np.uint16)
-        site_records = [_site_record(s, view, ph.groups, size) for s in sites]
+        site_records = [_site_record(s, view, ph.groups, size, pair) for s in sites]
         visible = any(r["visible"] for r in site_records)
         primary = plans[0] if plans else None
         record = _record(study, spec, view, size, site_records, visible, primary,

@@ -218,3 +218,30 @@ def test_bad_arguments_are_rejected(tmp_path: Path, kwargs: dict[str, Any],
 def test_reading_a_folder_without_manifest_fails(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_manifest(tmp_path)
+
+
+def test_visibility_needs_a_fracture_that_stands_out_of_the_noise() -> None:
+    """A site is labelled visible only if the fracture changes the image by at least
+    MIN_SITE_CONSPICUITY times the local noise; the intact counterfactual keeps the labels.
+    (At 512 px, the default size: smaller renderings average the noise away.)"""
+    from models.synth._study import MIN_SITE_CONSPICUITY, site_conspicuity
+
+    sites = []
+    for index in range(12):  # seed 4242: hips with faint non-displaced fractures
+        broken = render_study(4242, index, anatomy="hip", size=512)
+        if not broken.views[0].record["study_label"]:
+            continue
+        intact = render_study(4242, index, anatomy="hip", size=512, fractures=False)
+        for v, w in zip(broken.views, intact.views, strict=True):
+            assert v.record["fracture_sites"] == w.record["fracture_sites"]
+            sites.extend(v.record["fracture_sites"])
+    assert all(s["conspicuity"] >= MIN_SITE_CONSPICUITY for s in sites if s["visible"])
+    faint = [s for s in sites if s["box"] is not None and s["conspicuity"] < MIN_SITE_CONSPICUITY]
+    assert faint and not any(s["visible"] for s in faint)
+    # the measure itself: no difference -> 0; a step of 10 noise sigmas in the box -> large
+    rng = np.random.default_rng(0)
+    img = rng.normal(0.5, 0.01, (128, 128)).astype(np.float32)
+    assert site_conspicuity(img, img.copy(), [30, 30, 60, 60]) == 0.0
+    lucent = img.copy()
+    lucent[40:50, 30:60] -= 0.1
+    assert site_conspicuity(lucent, img, [30, 30, 60, 60]) > 3.0
