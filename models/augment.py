@@ -56,32 +56,58 @@ class Augmenter:
     def __call__(
         self, image: torch.Tensor, roi: torch.Tensor | None, g: torch.Generator
     ) -> torch.Tensor:
+        """The augmented image; ``roi`` (XYXY, input grid) must stay inside it."""
+        return self.with_geometry(image, roi, g)[0]
+
+    def with_geometry(
+        self,
+        image: torch.Tensor,
+        keep_inside: torch.Tensor | None,
+        g: torch.Generator,
+        *,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Augment ``image`` and move ``boxes`` (B, 4) XYXY and ``points`` (P, 2) with it.
+
+        ``keep_inside`` (XYXY) is the box that must stay inside the image (seed 000 §III);
+        NaN rows of ``boxes``/``points`` (padding) stay NaN. A rotated box becomes the
+        axis-aligned box around its corners.
+        """
         c = self.config
         h, w = image.shape[-2:]
-        if float(torch.rand((), generator=g)) < c.p_flip:
+        flip = float(torch.rand((), generator=g)) < c.p_flip
+        if flip:
             image = TF.horizontal_flip(image)
-            if roi is not None:
-                roi = torch.stack([w - 1 - roi[2], roi[1], w - 1 - roi[0], roi[3]])
-        boxes = None
-        if roi is not None:
-            boxes = tv_tensors.BoundingBoxes(
-                roi.view(1, 4), format="XYXY", canvas_size=(h, w), clamping_mode=None
+            if keep_inside is not None:
+                keep_inside = _flip_boxes(keep_inside.view(1, 4), w)[0]
+            boxes = None if boxes is None else _flip_boxes(boxes, w)
+            if points is not None:
+                points = torch.stack([w - 1 - points[:, 0], points[:, 1]], dim=1)
+        inside = None
+        if keep_inside is not None:
+            inside = tv_tensors.BoundingBoxes(
+                keep_inside.view(1, 4), format="XYXY", canvas_size=(h, w), clamping_mode=None
             )
         for _ in range(c.attempts):
             angle, scale, tx, ty = self._draw(g, h, w)
-            if boxes is None or self._inside(boxes, angle, scale, tx, ty, h, w):
+            if inside is None or self._inside(inside, angle, scale, tx, ty, h, w):
                 break
         else:
             angle, scale, tx, ty = 0.0, 1.0, 0, 0
         if (angle, scale, tx, ty) != (0.0, 1.0, 0, 0):
             image = TF.affine(image, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
                               interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+            move = _Mover(angle, scale, tx, ty, h, w)
+            boxes = None if boxes is None else move.boxes(boxes)
+            if points is not None:
+                points = move.boxes(torch.cat([points, points], dim=1))[:, :2]
         gain = _uniform(g, *c.contrast)
         mean = image.mean()
         image = (image - mean) * gain + mean
         if c.noise_std > 0:
             image = image + c.noise_std * torch.randn(image.shape, generator=g)
-        return image.clamp(0.0, 1.0)
+        return image.clamp(0.0, 1.0), boxes, points
 
     def _draw(self, g: torch.Generator, h: int, w: int) -> tuple[float, float, int, int]:
         c = self.config
@@ -105,6 +131,36 @@ class Augmenter:
         moved = TF.affine(boxes, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0])
         x0, y0, x1, y1 = (float(v) for v in moved[0])
         return x0 >= 0 and y0 >= 0 and x1 <= w - 1 and y1 <= h - 1
+
+
+def _flip_boxes(boxes: torch.Tensor, w: int) -> torch.Tensor:
+    return torch.stack([w - 1 - boxes[:, 2], boxes[:, 1], w - 1 - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+@dataclass(frozen=True)
+class _Mover:
+    """The affine of one augmentation applied to boxes (NaN rows stay NaN)."""
+
+    angle: float
+    scale: float
+    tx: int
+    ty: int
+    h: int
+    w: int
+
+    def boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        if boxes.numel() == 0:
+            return boxes
+        real = ~torch.isnan(boxes).any(dim=1)
+        out = boxes.clone()
+        if real.any():
+            moved = TF.affine(
+                tv_tensors.BoundingBoxes(boxes[real], format="XYXY", canvas_size=(self.h, self.w),
+                                         clamping_mode=None),
+                angle=self.angle, translate=[self.tx, self.ty], scale=self.scale,
+                shear=[0.0, 0.0])
+            out[real] = moved.as_subclass(torch.Tensor).to(boxes.dtype)
+        return out
 
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {

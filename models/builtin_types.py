@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .nets import GlobalPoolClassifier, fracture_heatmap
 from .registry import ModelTypeSpec, register_model_type
+from .supervision import LossContext, TrainBatch, TrainingSpec
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 __all__: list[str] = []
 
@@ -20,6 +27,33 @@ def _infer_global_pool(
     return torch.softmax(logits, dim=1), fracture_heatmap(cams)
 
 
+def _global_pool_architecture(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    return {
+        "num_classes": num_classes,
+        "backbone": config.backbone,
+        "stages": config.stages,
+        "pooling": config.pooling,
+        "lse_r": config.lse_r,
+        "transition_channels": config.transition_channels,
+        "in_channels": 1,
+    }
+
+
+def _global_pool_loss(network: nn.Module, batch: TrainBatch, ctx: LossContext) -> torch.Tensor:
+    """Weighted cross entropy on image labels (seed 000 eq. 1-2)."""
+    logits = network(batch.images)
+    return F.cross_entropy(logits.float(), batch.labels, weight=ctx.class_weights)
+
+
 register_model_type(
-    "global_pool", ModelTypeSpec(build=GlobalPoolClassifier, infer=_infer_global_pool)
+    "global_pool",
+    ModelTypeSpec(
+        build=GlobalPoolClassifier,
+        infer=_infer_global_pool,
+        training=TrainingSpec(architecture=_global_pool_architecture, loss=_global_pool_loss),
+    ),
 )
+
+# The seed papers' other model types, one module each in models/zoo (imported for their
+# register_model_type side effect).
+from . import zoo  # noqa: E402,F401

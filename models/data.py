@@ -20,17 +20,22 @@ from torch.utils.data import Dataset
 
 from .augment import Augmenter
 from .preprocess import Affine2D, PreparedView, prepare_view
+from .supervision import MAX_BOXES, MAX_POINTS, MAX_VIEWS, TrainBatch
 from .synth import MANIFEST_NAME
 from .synth import read_manifest as read_manifest_lines
 
 __all__ = [
     "LABEL_SETS",
     "MANIFEST_NAME",
+    "AugmentedStudies",
     "AugmentedViews",
     "PreparedSet",
+    "collate_batch",
     "prepare_dataset",
     "read_manifest",
     "split_by_study",
+    "study_batch",
+    "view_batch",
     "view_class",
 ]
 
@@ -76,6 +81,12 @@ def view_class(entry: dict[str, Any], label_set: str) -> int:
     return names.index(value)
 
 
+def study_class(entry: dict[str, Any], label_set: str) -> int:
+    """Index of the view's study class: a fracture anywhere in the study, seen here or not."""
+    study_label = int(entry.get("study_label", entry["label"]))
+    return view_class({**entry, "label": study_label}, label_set)
+
+
 def split_by_study(
     entries: Sequence[dict[str, Any]], fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
@@ -93,7 +104,12 @@ def split_by_study(
 
 @dataclass
 class PreparedSet:
-    """Views preprocessed to the model input, with labels and input-grid ROI boxes."""
+    """Views preprocessed to the model input, with labels and input-grid geometry.
+
+    ``rois`` is the anatomical ROI (femoral head/neck or distal radius, the manifest's
+    ``roi_box``); ``boxes`` and ``points`` are the visible fracture sites, NaN-padded to
+    ``MAX_BOXES``/``MAX_POINTS`` rows; ``study_labels`` the class of the view's study.
+    """
 
     root: Path
     entries: list[dict[str, Any]]
@@ -101,6 +117,9 @@ class PreparedSet:
     images: torch.Tensor  # (N, S, S) float16 in [0, 1]
     labels: torch.Tensor  # (N,) long
     rois: torch.Tensor  # (N, 4) float32 XYXY on the input grid, NaN where unknown
+    boxes: torch.Tensor  # (N, MAX_BOXES, 4) float32, NaN rows as padding
+    points: torch.Tensor  # (N, MAX_POINTS, 2) float32, NaN rows as padding
+    study_labels: torch.Tensor  # (N,) long
 
     def subset(self, indices: Sequence[int]) -> PreparedSet:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
@@ -111,18 +130,40 @@ class PreparedSet:
             images=self.images[idx],
             labels=self.labels[idx],
             rois=self.rois[idx],
+            boxes=self.boxes[idx],
+            points=self.points[idx],
+            study_labels=self.study_labels[idx],
         )
 
+    def keep_inside(self, index: int) -> torch.Tensor | None:
+        """The box augmentation must keep in the image: ROI and fracture boxes together."""
+        rows = torch.cat([self.rois[index].view(1, 4), self.boxes[index]])
+        rows = rows[~torch.isnan(rows).any(dim=1)]
+        if len(rows) == 0:
+            return None
+        return torch.stack([rows[:, 0].min(), rows[:, 1].min(), rows[:, 2].max(),
+                            rows[:, 3].max()])
 
-def _roi_on_input(entry: dict[str, Any], transform: Affine2D) -> list[float]:
-    boxes = list(entry.get("boxes") or [])
-    if entry.get("roi_box"):
-        boxes.append(entry["roi_box"])
-    if not boxes:
-        return [float("nan")] * 4
-    mapped = np.array([transform.apply_box(b) for b in boxes], dtype=np.float64)
-    return [float(mapped[:, 0].min()), float(mapped[:, 1].min()),
-            float(mapped[:, 2].max()), float(mapped[:, 3].max())]
+    def studies(self) -> dict[str, list[int]]:
+        """Study Instance UID -> indices of its views, in manifest order."""
+        out: dict[str, list[int]] = {}
+        for i, entry in enumerate(self.entries):
+            out.setdefault(entry["study_instance_uid"], []).append(i)
+        return out
+
+
+def _padded(rows: list[list[float]], limit: int, width: int) -> list[list[float]]:
+    rows = rows[:limit]
+    return rows + [[float("nan")] * width] * (limit - len(rows))
+
+
+def _geometry_on_input(entry: dict[str, Any], transform: Affine2D
+                       ) -> tuple[list[float], list[list[float]], list[list[float]]]:
+    roi = ([float(v) for v in transform.apply_box(entry["roi_box"])] if entry.get("roi_box")
+           else [float("nan")] * 4)
+    boxes = [[float(v) for v in transform.apply_box(b)] for b in entry.get("boxes") or []]
+    points = [[float(v) for v in transform.apply(p)] for p in entry.get("points") or []]
+    return roi, _padded(boxes, MAX_BOXES, 4), _padded(points, MAX_POINTS, 2)
 
 
 def prepare_dataset(
@@ -138,7 +179,7 @@ def prepare_dataset(
     """Decode and preprocess every view listed in ``root``'s manifest once."""
     root = Path(root)
     entries = read_manifest(root)
-    views, labels, rois = [], [], []
+    views, labels, study_labels, rois, boxes, points = [], [], [], [], [], []
     for n, entry in enumerate(entries, start=1):
         file = (root / entry["path"]).resolve()
         if root.resolve() not in file.parents:
@@ -147,7 +188,11 @@ def prepare_dataset(
                             heuristic_inversion=heuristic_inversion)
         views.append(view)
         labels.append(view_class(entry, label_set))
-        rois.append(_roi_on_input(entry, view.transform))
+        study_labels.append(study_class(entry, label_set))
+        roi, view_boxes, view_points = _geometry_on_input(entry, view.transform)
+        rois.append(roi)
+        boxes.append(view_boxes)
+        points.append(view_points)
         if progress is not None:
             progress(n, len(entries))
     images = torch.from_numpy(np.stack([v.image for v in views]).astype(np.float16))
@@ -158,14 +203,21 @@ def prepare_dataset(
         images=images,
         labels=torch.as_tensor(labels, dtype=torch.long),
         rois=torch.as_tensor(rois, dtype=torch.float32),
+        boxes=torch.as_tensor(boxes, dtype=torch.float32),
+        points=torch.as_tensor(points, dtype=torch.float32),
+        study_labels=torch.as_tensor(study_labels, dtype=torch.long),
     )
 
 
-class AugmentedViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """(image (1, S, S) float32, class) pairs; augmented reproducibly when ``augmenter`` is set.
+ViewSample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class AugmentedViews(Dataset[ViewSample]):
+    """(image (1, S, S), class, roi (4,), boxes, points) per view, augmented reproducibly.
 
     Call :meth:`set_epoch` before each epoch: the random stream of a sample depends only on
-    (seed, epoch, index), so runs repeat exactly whatever the loader order.
+    (seed, epoch, index), so runs repeat exactly whatever the loader order. Boxes and points
+    follow the image through the augmentation; the ROI box is moved as a box.
     """
 
     def __init__(self, data: PreparedSet, *, augmenter: Augmenter | None = None,
@@ -181,12 +233,75 @@ class AugmentedViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.data.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.data.images[index].float().unsqueeze(0)
+    def __getitem__(self, index: int) -> ViewSample:
+        d = self.data
+        image = d.images[index].float().unsqueeze(0)
+        roi, boxes, points = d.rois[index], d.boxes[index], d.points[index]
         if self.augmenter is not None:
             g = torch.Generator().manual_seed(
                 (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
             )
-            roi = self.data.rois[index]
-            image = self.augmenter(image, None if torch.isnan(roi).any() else roi, g)
-        return image, self.data.labels[index]
+            stacked = torch.cat([roi.view(1, 4), boxes])
+            image, stacked, points = self.augmenter.with_geometry(
+                image, d.keep_inside(index), g, boxes=stacked, points=points)
+            assert stacked is not None and points is not None
+            roi, boxes = stacked[0], stacked[1:]
+        return image, d.labels[index], roi, boxes, points
+
+
+class AugmentedStudies(Dataset[tuple[ViewSample, torch.Tensor]]):
+    """Whole studies for study-level models: views padded to ``MAX_VIEWS``, study label.
+
+    Studies with more than ``MAX_VIEWS`` views keep their first ``MAX_VIEWS``.
+    """
+
+    def __init__(self, data: PreparedSet, *, augmenter: Augmenter | None = None,
+                 seed: int = 0) -> None:
+        self.views = AugmentedViews(data, augmenter=augmenter, seed=seed)
+        self.groups = list(data.studies().values())
+        self.labels = [int(data.study_labels[g[0]]) for g in self.groups]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.views.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> tuple[ViewSample, torch.Tensor]:
+        members = self.groups[index][:MAX_VIEWS]
+        samples = [self.views[i] for i in members]
+        mask = torch.zeros(MAX_VIEWS, dtype=torch.bool)
+        mask[: len(samples)] = True
+        pad = MAX_VIEWS - len(samples)
+        stacked = [torch.stack([s[k] for s in samples]) for k in (0, 2, 3, 4)]
+        images, rois, boxes, points = (
+            torch.cat([t, torch.full((pad, *t.shape[1:]), fill, dtype=t.dtype)])
+            for t, fill in zip(stacked, (0.0, float("nan"), float("nan"), float("nan")),
+                               strict=True))
+        label = torch.as_tensor(self.labels[index], dtype=torch.long)
+        return (images, label, rois, boxes, points), mask
+
+
+def collate_batch(samples: Sequence[Any]) -> TrainBatch:
+    """Collate :class:`AugmentedViews` or :class:`AugmentedStudies` samples to a batch."""
+    if isinstance(samples[0][1], torch.Tensor) and samples[0][1].dtype == torch.bool:
+        fields = [torch.stack([s[0][k] for s in samples]) for k in range(5)]
+        return TrainBatch(*fields, mask=torch.stack([s[1] for s in samples]))
+    fields = [torch.stack([s[k] for s in samples]) for k in range(5)]
+    return TrainBatch(*fields)
+
+
+def view_batch(data: PreparedSet, indices: Sequence[int]) -> TrainBatch:
+    """The views at ``indices`` as one un-augmented view-level batch."""
+    views = AugmentedViews(data)
+    return collate_batch([views[i] for i in indices])
+
+
+def study_batch(data: PreparedSet, study_uids: Sequence[str]) -> TrainBatch:
+    """The studies ``study_uids`` as one un-augmented study-level batch."""
+    studies = AugmentedStudies(data)
+    order = {uid: n for n, uid in enumerate(data.studies())}
+    missing = [u for u in study_uids if u not in order]
+    if missing:
+        raise KeyError(f"studies not in the data set: {missing}")
+    return collate_batch([studies[order[u]] for u in study_uids])

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .preprocess import PreparedView, prepare_view, warp_to_original
+from .supervision import TrainingSpec
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -50,6 +51,7 @@ __all__ = [
     "ModelTypeSpec",
     "ViewPrediction",
     "load_model",
+    "model_type_spec",
     "model_types",
     "register_model_type",
     "save_checkpoint",
@@ -131,14 +133,19 @@ class ViewPrediction:
 
 @dataclass(frozen=True)
 class ModelTypeSpec:
-    """How to build a model type's network and run it.
+    """How to build a model type's network, run it and train it.
 
     ``build(**architecture)`` returns the network; ``infer(network, batch)`` maps a float
     batch (N, 1, S, S) to class probabilities (N, C) and heatmaps (N, S, S) in [0, 1].
+    ``training`` (:class:`models.supervision.TrainingSpec`) makes the type trainable by
+    ``pacs-node train``. A study-level type also has ``infer_study(network, views, mask)``:
+    views (N, V, 1, S, S) with a (N, V) bool mask of real views -> study probabilities (N, C).
     """
 
     build: Callable[..., nn.Module]
     infer: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    training: TrainingSpec | None = None
+    infer_study: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 _MODEL_TYPES: dict[str, ModelTypeSpec] = {}
@@ -154,6 +161,15 @@ def register_model_type(name: str, spec: ModelTypeSpec) -> None:
 def model_types() -> tuple[str, ...]:
     _register_builtin()
     return tuple(sorted(_MODEL_TYPES))
+
+
+def model_type_spec(name: str) -> ModelTypeSpec:
+    """The registered spec of model type ``name`` (ValueError naming the known ones)."""
+    _register_builtin()
+    spec = _MODEL_TYPES.get(name)
+    if spec is None:
+        raise ValueError(f"unknown model type {name!r}; known: {sorted(_MODEL_TYPES)}")
+    return spec
 
 
 def _register_builtin() -> None:

@@ -26,11 +26,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .augment import AugmentConfig, Augmenter
-from .data import LABEL_SETS, AugmentedViews, PreparedSet, split_by_study
+from .data import (
+    LABEL_SETS,
+    AugmentedStudies,
+    AugmentedViews,
+    PreparedSet,
+    collate_batch,
+    split_by_study,
+    study_batch,
+)
 from .metrics import binary_metrics
-from .nets import GlobalPoolClassifier
-from .registry import SYNTHETIC_NOTICE, ModelMetadata, save_checkpoint
+from .registry import (
+    SYNTHETIC_NOTICE,
+    ModelMetadata,
+    ModelTypeSpec,
+    model_type_spec,
+    save_checkpoint,
+)
 from .sampling import balanced_sampler, class_weights
+from .supervision import LossContext
 
 __all__ = ["TrainConfig", "TrainResult", "seed_everything", "train"]
 
@@ -70,11 +84,15 @@ class TrainConfig:
     # Stop after this many epochs of an ``epochs``-long schedule (the learning-rate schedule
     # still spans ``epochs``); None runs them all.
     stop_after: int | None = None
+    # Options of the model type (``--option name=value``), read by its TrainingSpec through
+    # ``LossContext.option`` and its ``architecture`` hook, e.g. STL's alpha or seed 003's r_l.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.model_type != "global_pool":
-            raise ValueError(f"model type {self.model_type!r} cannot be trained yet; "
-                             "available: global_pool")
+        from .registry import model_type_spec
+
+        if model_type_spec(self.model_type).training is None:
+            raise ValueError(f"model type {self.model_type!r} has no training recipe")
         if self.label_set not in LABEL_SETS:
             raise ValueError(f"label_set must be one of {sorted(LABEL_SETS)}")
         if self.balance not in BALANCE_MODES:
@@ -97,28 +115,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_network(config: TrainConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-    arch = {
-        "num_classes": num_classes,
-        "backbone": config.backbone,
-        "stages": config.stages,
-        "pooling": config.pooling,
-        "lse_r": config.lse_r,
-        "transition_channels": config.transition_channels,
-        "in_channels": 1,
-    }
-    return GlobalPoolClassifier(**arch), arch
-
-
-def _predict_scores(network: nn.Module, data: PreparedSet, device: torch.device,
-                    batch_size: int) -> np.ndarray:
+def _predict_scores(spec: ModelTypeSpec, network: nn.Module, data: PreparedSet,
+                    device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels of the validation views (or studies)."""
     network.eval()
-    probs = []
+    probs, labels = [], []
     with torch.inference_mode():
-        for start in range(0, len(data.labels), batch_size):
-            batch = data.images[start:start + batch_size].float().unsqueeze(1).to(device)
-            probs.append(torch.softmax(network(batch), dim=1).cpu())
-    return torch.cat(probs).numpy()
+        if spec.training is not None and spec.training.study_level:
+            assert spec.infer_study is not None, "a study-level type needs infer_study"
+            uids = list(data.studies())
+            for start in range(0, len(uids), batch_size):
+                batch = study_batch(data, uids[start:start + batch_size]).to(device)
+                assert batch.mask is not None
+                probs.append(spec.infer_study(network, batch.images, batch.mask).float().cpu())
+                labels.append(batch.labels.cpu())
+        else:
+            for start in range(0, len(data.labels), batch_size):
+                images = data.images[start:start + batch_size].float().unsqueeze(1).to(device)
+                probs.append(spec.infer(network, images)[0].float().cpu())
+                labels.append(data.labels[start:start + batch_size])
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
 def train(
@@ -138,28 +154,42 @@ def train(
     classes = LABEL_SETS[config.label_set]
     train_idx, val_idx = split_by_study(data.entries, config.val_fraction, config.seed)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
-    labels = train_set.labels.tolist()
+    spec = model_type_spec(config.model_type)
+    hooks = spec.training
+    assert hooks is not None  # TrainConfig checks it
+    augmenter = Augmenter(config.augment)
+    views: AugmentedViews | AugmentedStudies
+    if hooks.study_level:
+        views = AugmentedStudies(train_set, augmenter=augmenter, seed=config.seed)
+        labels = views.labels
+    else:
+        views = AugmentedViews(train_set, augmenter=augmenter, seed=config.seed)
+        labels = train_set.labels.tolist()
     if len(set(labels)) < 2:
         raise ValueError("the training split holds a single class: nothing to learn")
 
-    network, arch = _build_network(config, len(classes))
+    arch = hooks.architecture(config, len(classes))
+    network = spec.build(**arch)
     if config.init_from is not None:
         _initialise_from(network, arch, Path(config.init_from))
     network.to(device)
     use_weights = config.balance in ("weights", "both")
     weights = class_weights(labels, len(classes)) if use_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed)
-    views = AugmentedViews(train_set, augmenter=Augmenter(config.augment), seed=config.seed)
+    batch_size = min(config.batch_size, len(views))
     if config.balance in ("sampler", "both"):
         sampler = balanced_sampler(labels, len(classes), generator=g)
-        loader = DataLoader(views, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+        loader = DataLoader(views, batch_size=batch_size, sampler=sampler, drop_last=True,
+                            collate_fn=collate_batch)
     else:
-        loader = DataLoader(views, batch_size=config.batch_size, shuffle=True, generator=g,
-                            drop_last=True)
+        loader = DataLoader(views, batch_size=batch_size, shuffle=True, generator=g,
+                            drop_last=True, collate_fn=collate_batch)
     steps = config.epochs * max(1, len(loader))
+    ctx = LossContext(config=config, num_classes=len(classes), epoch=0, epochs=config.epochs,
+                      steps=steps,
+                      class_weights=None if weights is None else weights.to(device))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
 
     run_dir = Path(run_dir)
@@ -171,13 +201,15 @@ def train(
     last_epoch = min(config.epochs, config.stop_after or config.epochs)
     for epoch in range(1, last_epoch + 1):
         views.set_epoch(epoch)
+        ctx.epoch = epoch
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(network, ctx, train_set)
         network.train()
         total, count = 0.0, 0
-        for step, (images, targets) in enumerate(loader, start=1):
-            images, targets = images.to(device), targets.to(device)
+        for step, batch in enumerate(loader, start=1):
+            batch = batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                logits = network(images)
-            loss = loss_fn(logits.float(), targets)
+                loss = hooks.loss(network, batch, ctx).float()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch}, step {step} (loss {float(loss)}); "
@@ -186,15 +218,17 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss.detach()) * len(targets)
-            count += len(targets)
+            ctx.step += 1
+            total += float(loss.detach()) * len(batch.labels)
+            count += len(batch.labels)
             if on_batch is not None:
                 on_batch(step, len(loader))
         record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1),
                                   "seconds": round(time.perf_counter() - started, 1)}
         if len(val_set.labels):
-            probs = _predict_scores(network, val_set, device, config.batch_size)
-            truth = (val_set.labels > 0).int().numpy()
+            probs, val_labels = _predict_scores(spec, network, val_set, device,
+                                                config.batch_size)
+            truth = (val_labels > 0).astype(int)
             val = binary_metrics(truth, 1.0 - probs[:, 0])
             record["val_auroc"] = val["auroc"]
             record["val_accuracy"] = val["accuracy"]

@@ -110,8 +110,14 @@ def train(
     demo: Annotated[bool, typer.Option(help="Mark the checkpoint as the synthetic demo")]
     = False,
     name: Annotated[str | None, typer.Option(help="Model name in the metadata")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        help="Model-type option NAME=VALUE (repeatable), e.g. --option alpha=0.1")] = None,
 ) -> None:
-    """Train a model and write a checkpoint that carries its metadata."""
+    """Train a model and write a checkpoint that carries its metadata.
+
+    Model types: global_pool, stl, stn, localize_classify, two_stage, window_fpn, mvcnn
+    (the seed papers' methods; see README "Models").
+    """
     import shutil
 
     from models.augment import AUGMENT_PRESETS
@@ -123,6 +129,12 @@ def train(
         _fail("give exactly one of --data DIR or --synthetic")
     if demo and not synthetic:
         _fail("--demo weights must be trained on --synthetic data only")
+    options: dict[str, str] = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--option must look like NAME=VALUE, got {item!r}")
+        options[key.strip()] = value.strip()
     try:
         config = TrainConfig(
             model_type=model_type, backbone=backbone, stages=stages, pooling=pooling,
@@ -131,7 +143,7 @@ def train(
             batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
             init_from=str(init_from) if init_from else None, stop_after=stop_after,
             name=name or ("demo_global_pool" if demo else model_type),
-            synthetic_demo=demo or synthetic,
+            synthetic_demo=demo or synthetic, options=options,
         )
     except ValueError as exc:
         _fail(str(exc))
