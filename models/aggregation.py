@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AGGREGATIONS", "SiteAggregate", "StudyAggregate", "aggregate", "aggregate_study"]
+__all__ = [
+    "AGGREGATIONS",
+    "SiteAggregate",
+    "StudyAggregate",
+    "aggregate",
+    "aggregate_learned",
+    "aggregate_study",
+]
 
 AGGREGATIONS = ("max", "mean", "noisy_or", "majority")
 
@@ -86,3 +93,17 @@ def aggregate_study(
         study_p = aggregate([s.probability for s in sites], method, threshold=threshold)
     positive = study_p > 0.5 if method == "majority" else study_p >= threshold
     return StudyAggregate(study_p, bool(positive), method, threshold, sites)
+
+
+def aggregate_learned(sites: Mapping[str, tuple[float, int]], *, method: str,
+                      threshold: float = 0.5) -> StudyAggregate:
+    """A study from per-site probabilities a learned aggregator (MVCNN) gave.
+
+    ``sites`` maps site -> (probability, views). The network has already combined the views
+    of each site (seed 004 §5.3); sites are combined by at least one (``max``).
+    """
+    if not sites:
+        raise ValueError("a study needs at least one processed view to aggregate")
+    parts = tuple(SiteAggregate(site, float(p), int(n)) for site, (p, n) in sorted(sites.items()))
+    probability = max(s.probability for s in parts)
+    return StudyAggregate(probability, probability >= threshold, method, threshold, parts)

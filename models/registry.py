@@ -228,6 +228,32 @@ class FractureModel:
         """The sentence every output made with this model must carry."""
         return SYNTHETIC_NOTICE if self.metadata.synthetic_demo else self.metadata.intended_use
 
+    @property
+    def study_level(self) -> bool:
+        """Whether the model judges whole studies (a learned multi-view aggregator)."""
+        return self._spec.infer_study is not None
+
+    def predict_study(self, views: Sequence[PreparedView]) -> dict[str, float]:
+        """Class probabilities of one study (or one anatomic site) from all its views.
+
+        Only for study-level model types (:attr:`study_level`); per-view answers still come
+        from :meth:`predict`.
+        """
+        if self._spec.infer_study is None:
+            raise TypeError(f"model type {self.metadata.model_type!r} is not study-level")
+        if not views:
+            raise ValueError("a study needs at least one view")
+        size = self.metadata.input_size
+        images = np.stack([v.image for v in views]).astype(np.float32, copy=False)
+        if images.shape[1:] != (size, size):
+            raise ValueError(f"prepared images have shape {images.shape[1:]}, model wants "
+                             f"{size}x{size}")
+        batch = torch.from_numpy(images)[None, :, None].to(self.device)
+        mask = torch.ones(1, len(views), dtype=torch.bool, device=self.device)
+        with torch.inference_mode():
+            probs = self._spec.infer_study(self.network, batch, mask)[0].float().cpu().numpy()
+        return {c: float(p) for c, p in zip(self.metadata.classes, probs, strict=True)}
+
     def prepare(self, ds: pydicom.Dataset) -> PreparedView:
         """Preprocess one DICOM view as the model was trained (raises ``PreprocessError``)."""
         pre = self.metadata.preprocessing

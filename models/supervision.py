@@ -10,6 +10,8 @@ schedule, checkpoints, validation); the spec supplies what differs between the s
   supervision the paper uses (image labels, ROI boxes, points, study labels);
 - ``on_epoch_start(network, ctx, data)`` (optional): work between epochs, e.g. seed 001's
   threshold at 99 % training sensitivity or a loss-weight schedule;
+- ``param_groups(network, config)`` (optional): layer-wise learning rates;
+- ``selectable(ctx)`` (optional): whether this epoch's weights may become ``best.pt``;
 - ``study_level``: batches hold whole studies (views padded to ``MAX_VIEWS`` with a mask)
   and the study label instead of single views.
 
@@ -106,6 +108,16 @@ class TrainingSpec:
     loss: Callable[[nn.Module, TrainBatch, LossContext], torch.Tensor]
     on_epoch_start: Callable[[nn.Module, LossContext, PreparedSet], None] | None = None
     study_level: bool = False
+    # Whether the epoch just finished may become ``best.pt`` (e.g. not while only the first
+    # of two stages is trained); None: every epoch may.
+    selectable: Callable[[LossContext], bool] | None = None
+    # Layer-wise learning rates: [(parameters, factor of --lr), ...] covering every
+    # parameter once; None: one group at --lr.
+    param_groups: Callable[[nn.Module, TrainConfig], list[tuple[list[nn.Parameter], float]]] \
+        | None = None
+    # The ``--option`` names this type reads; any other name is refused (a typo must not
+    # silently train with a default).
+    options: tuple[str, ...] = ()
 
 
 def option_value(options: dict[str, Any], name: str, default: Any) -> Any:

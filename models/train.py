@@ -91,8 +91,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from .registry import model_type_spec
 
-        if model_type_spec(self.model_type).training is None:
+        training = model_type_spec(self.model_type).training
+        if training is None:
             raise ValueError(f"model type {self.model_type!r} has no training recipe")
+        unknown = sorted(set(self.options) - set(training.options))
+        if unknown:
+            known = ", ".join(training.options) or "none"
+            raise ValueError(f"model type {self.model_type!r} has no option(s) "
+                             f"{', '.join(unknown)}; its options: {known}")
         if self.label_set not in LABEL_SETS:
             raise ValueError(f"label_set must be one of {sorted(LABEL_SETS)}")
         if self.balance not in BALANCE_MODES:
@@ -175,8 +181,13 @@ def train(
     network.to(device)
     use_weights = config.balance in ("weights", "both")
     weights = class_weights(labels, len(classes)) if use_weights else None
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    groups = ([(list(network.parameters()), 1.0)] if hooks.param_groups is None
+              else hooks.param_groups(network, config))
+    _check_groups(network, groups)
+    max_lrs = [config.lr * factor for _, factor in groups]
+    optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for (p, _), lr in
+                                   zip(groups, max_lrs, strict=True)],
+                                  lr=config.lr, weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed)
     batch_size = min(config.batch_size, len(views))
     if config.balance in ("sampler", "both"):
@@ -190,7 +201,7 @@ def train(
     ctx = LossContext(config=config, num_classes=len(classes), epoch=0, epochs=config.epochs,
                       steps=steps,
                       class_weights=None if weights is None else weights.to(device))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=steps)
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +250,8 @@ def train(
         metadata = _metadata(config, arch, classes, data_description, history,
                              len(train_idx), len(val_idx))
         save_checkpoint(last_path, network, metadata)
-        if score > best_score:
+        selectable = hooks.selectable is None or hooks.selectable(ctx)
+        if selectable and score > best_score or not best_path.exists():
             best_score = score
             shutil.copyfile(last_path, best_path)
         if on_epoch is not None:
@@ -260,6 +272,14 @@ def train(
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, summary=summary)
+
+
+def _check_groups(network: nn.Module, groups: list[tuple[list[nn.Parameter], float]]) -> None:
+    seen = [id(p) for params, _ in groups for p in params]
+    if len(seen) != len(set(seen)) or set(seen) != {id(p) for p in network.parameters()}:
+        raise ValueError("param_groups must list every network parameter exactly once")
+    if any(not factor > 0 for _, factor in groups):
+        raise ValueError("param_groups learning-rate factors must be positive")
 
 
 def _initialise_from(network: nn.Module, arch: dict[str, Any], path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.aggregation import aggregate_study
+from models.aggregation import StudyAggregate, aggregate_learned, aggregate_study
 from models.preprocess import PreparedView, normalise_body_part
 from models.registry import DEMO_WEIGHTS, FractureModel, load_model
 from storage import (
@@ -215,8 +215,12 @@ class StudyPipeline:
                            else dataclasses.replace(p, findings=()) for p in predictions]
             views = [ViewResult(source=ds, prediction=pred, site=site_of(header))
                      for (header, ds, _), pred in zip(group.views, predictions, strict=True)]
-            agg = aggregate_study([(v.site, v.prediction.fracture_probability) for v in views],
-                                  self.options.aggregation, threshold=self.options.threshold)
+            if model.study_level:
+                agg = self._learned_aggregate(model, group, views)
+            else:
+                agg = aggregate_study([(v.site, v.prediction.fracture_probability)
+                                       for v in views],
+                                      self.options.aggregation, threshold=self.options.threshold)
             result = StudyResult(
                 fracture_probability=agg.probability, positive=agg.positive,
                 aggregation=agg.method, threshold=agg.threshold,
@@ -248,8 +252,8 @@ class StudyPipeline:
                 job_id, attempt=attempt,
                 fracture_probability=best.fracture_probability if best else 0.0,
                 positive=best.positive if best else False,
-                aggregation=self.options.aggregation, threshold=self.options.threshold,
-                summary=summary)
+                aggregation=best.aggregation if best else self.options.aggregation,
+                threshold=self.options.threshold, summary=summary)
             if result is None:
                 return False
             instances = InstanceRepository(session)
@@ -268,6 +272,17 @@ class StudyPipeline:
         log.info("job %s done: %d views, %d skipped, %d objects", job_id,
                  sum(len(r.views) for _, r in studies), len(skipped), len(produced))
         return "done"
+
+    def _learned_aggregate(self, model: FractureModel, group: _Group,
+                           views: list[ViewResult]) -> StudyAggregate:
+        """Per-site study probabilities from a study-level model (seed 004 §5.3)."""
+        by_site: dict[str, list[PreparedView]] = defaultdict(list)
+        for view, (_, _, prepared) in zip(views, group.views, strict=True):
+            by_site[view.site].append(prepared)
+        sites = {site: (1.0 - model.predict_study(members)["normal"], len(members))
+                 for site, members in by_site.items()}
+        return aggregate_learned(sites, method=f"learned ({model.metadata.model_type})",
+                                 threshold=self.options.threshold)
 
     @staticmethod
     def _summary(studies: list[tuple[str, StudyResult]], skipped: list[SkippedView],
