@@ -27,7 +27,8 @@ def _infer_global_pool(
     return torch.softmax(logits, dim=1), fracture_heatmap(cams)
 
 
-def _global_pool_architecture(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+def global_pool_architecture(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """Constructor arguments of a :class:`GlobalPoolClassifier` (and the MVCNN built on it)."""
     return {
         "num_classes": num_classes,
         "backbone": config.backbone,
@@ -50,7 +51,7 @@ register_model_type(
     ModelTypeSpec(
         build=GlobalPoolClassifier,
         infer=_infer_global_pool,
-        training=TrainingSpec(architecture=_global_pool_architecture, loss=_global_pool_loss),
+        training=TrainingSpec(architecture=global_pool_architecture, loss=_global_pool_loss),
     ),
 )
 

@@ -12,19 +12,20 @@ classifier on the view model's transition maps (1 - softmax of the "normal" map)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..builtin_types import global_pool_architecture
 from ..nets import fracture_heatmap
 from ..nets.mvcnn import MultiViewClassifier
 from ..registry import ModelTypeSpec, register_model_type
 from ..supervision import LossContext, TrainBatch, TrainingSpec
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
+    pass
 
 __all__: list[str] = []
 
@@ -44,16 +45,6 @@ def _infer_study(network: nn.Module, views: torch.Tensor, mask: torch.Tensor) ->
     return torch.softmax(_network(network).forward_study(views, mask).float(), dim=1)
 
 
-def _architecture(config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    return {
-        "num_classes": num_classes,
-        "backbone": config.backbone,
-        "stages": config.stages,
-        "pooling": config.pooling,
-        "lse_r": config.lse_r,
-        "transition_channels": config.transition_channels,
-        "in_channels": 1,
-    }
 
 
 def _loss(network: nn.Module, batch: TrainBatch, ctx: LossContext) -> torch.Tensor:
@@ -69,7 +60,7 @@ register_model_type(
     ModelTypeSpec(
         build=MultiViewClassifier,
         infer=_infer,
-        training=TrainingSpec(architecture=_architecture, loss=_loss, study_level=True),
+        training=TrainingSpec(architecture=global_pool_architecture, loss=_loss, study_level=True),
         infer_study=_infer_study,
     ),
 )

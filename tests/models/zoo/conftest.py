@@ -22,3 +22,4 @@ def zoo_set(tmp_path_factory: pytest.TempPathFactory) -> PreparedSet:
     assert int((data.labels > 0).sum()) >= 2, "the fixture needs positive views"
     assert bool((~torch.isnan(data.points[:, 0, 0])).any()), "the fixture needs points"
     return data
+

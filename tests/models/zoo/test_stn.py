@@ -14,6 +14,7 @@ from models.nets.stn import SpatialTransformerClassifier, box_mask, square_roi_b
 from models.registry import ModelMetadata, load_model, model_type_spec, save_checkpoint
 from models.supervision import LossContext, TrainBatch
 from models.train import TrainConfig
+from tests.models.zoo.helpers import adam_losses
 
 SIZE = 64
 TRANSFORMS = ("similarity", "affine")
@@ -122,15 +123,7 @@ def test_a_few_optimisation_steps_lower_the_loss(zoo_set: PreparedSet) -> None:
     net = _net("similarity", roi_size=32).train()
     batch = view_batch(zoo_set, range(8))
     ctx = _ctx()
-    loss_fn = model_type_spec("stn").training.loss
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = loss_fn(net, batch, ctx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = adam_losses("stn", net, batch, ctx)
     assert np.mean(losses[-3:]) < losses[0]
 
 

@@ -22,6 +22,7 @@ from models.registry import (
 from models.supervision import LossContext, TrainBatch
 from models.train import TrainConfig
 from models.zoo.window_fpn import WindowOptions, window_bounds, window_loss
+from tests.models.zoo.helpers import adam_losses
 
 SIZE = 64
 NAN = float("nan")
@@ -248,15 +249,7 @@ def test_a_few_adam_steps_lower_the_window_loss(zoo_set: PreparedSet) -> None:
     batch = _annotated_batch(zoo_set)
     net = _net()
     ctx = _ctx()  # the paper's defaults: MSE, r_l = 50, r_u = 200, τ = 2 scaled to 64 px
-    loss_fn = model_type_spec("window_fpn").training.loss  # type: ignore[union-attr]
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = loss_fn(net, batch, ctx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adam_losses("window_fpn", net, batch, ctx)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
