@@ -50,7 +50,8 @@ bench: install
 	$(PY) benchmarks/synth_speed.py
 
 # Reproduces models/weights/demo_global_pool.pt from synthetic data only, in two stages
-# (256 px, then a fine-tune at 384 px: progressive resizing); about 30 min on 2 CPU cores.
+# (256 px, then a fine-tune at 384 px: progressive resizing); about 90 min on 2 CPU cores
+# shared with other work.
 DEMO_DATA := --synthetic --demo --synthetic-studies 800 --data-seed 1000 --stages 2 \
 	--pooling max --augment mild --batch-size 16 --bf16
 demo-weights: install
