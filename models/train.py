@@ -197,7 +197,11 @@ def train(
     else:
         loader = DataLoader(views, batch_size=batch_size, shuffle=True, generator=g,
                             drop_last=True, collate_fn=collate_batch)
-    steps = config.epochs * max(1, len(loader))
+    if len(loader) == 0:
+        raise ValueError(
+            f"an epoch would hold no full batch of {batch_size} (class-balanced sampling draws "
+            "classes x the rarest class's count); lower --batch-size or add data")
+    steps = config.epochs * len(loader)
     ctx = LossContext(config=config, num_classes=len(classes), epoch=0, epochs=config.epochs,
                       steps=steps,
                       class_weights=None if weights is None else weights.to(device))

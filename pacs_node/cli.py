@@ -186,8 +186,12 @@ def train(
             bar.console.print(shown)
             bar.update(task, description=f"epoch {int(record['epoch']) + 1}", completed=0)
 
-        result = run_training(config, prepared, run_dir, data_description=description,
-                              on_epoch=on_epoch, on_batch=on_batch)
+        try:
+            result = run_training(config, prepared, run_dir, data_description=description,
+                                  on_epoch=on_epoch, on_batch=on_batch)
+        except ValueError as exc:  # bad data or options for this model type
+            _fail(str(exc))
+            return
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.best_checkpoint, out)
     console.print(f"best checkpoint -> {out}; run summary -> {run_dir / 'summary.json'}")

@@ -100,3 +100,15 @@ def test_model_options_from_the_command_line_are_typed() -> None:
         option_value({"alpha": "lots"}, "alpha", 0.1)
     with pytest.raises(ValueError, match="true or false"):
         option_value({"affine": "maybe"}, "affine", False)
+
+
+def test_training_refuses_an_epoch_without_a_full_batch(small_set, tmp_path: Path) -> None:
+    from models.train import TrainConfig, train
+
+    positives = [i for i, e in enumerate(small_set.entries) if e["label"]][:1]
+    negatives = [i for i, e in enumerate(small_set.entries) if not e["label"]]
+    tiny = small_set.subset(positives + negatives)  # one positive: the sampler draws 2 views
+    config = TrainConfig(stages=1, transition_channels=8, input_size=48, batch_size=4,
+                         epochs=1, val_fraction=0.0)
+    with pytest.raises(ValueError, match="no full batch"):
+        train(config, tiny, tmp_path / "run", data_description={})
