@@ -255,8 +255,10 @@ def train(
                              len(train_idx), len(val_idx))
         save_checkpoint(last_path, network, metadata)
         selectable = hooks.selectable is None or hooks.selectable(ctx)
-        if selectable and score > best_score or not best_path.exists():
+        if selectable and score > best_score:
             best_score = score
+            shutil.copyfile(last_path, best_path)
+        elif best_score == -math.inf:  # a placeholder until a selectable epoch comes
             shutil.copyfile(last_path, best_path)
         if on_epoch is not None:
             on_epoch(record)
@@ -267,7 +269,7 @@ def train(
         "train_views": len(train_idx),
         "val_views": len(val_idx),
         "history": history,
-        "best_val_score": best_score,
+        "best_val_score": best_score if best_score > -math.inf else None,
         "seconds": round(time.perf_counter() - started, 1),
         "device": str(device),
         "torch": torch.__version__,

@@ -112,3 +112,32 @@ def test_training_refuses_an_epoch_without_a_full_batch(small_set, tmp_path: Pat
                          epochs=1, val_fraction=0.0)
     with pytest.raises(ValueError, match="no full batch"):
         train(config, tiny, tmp_path / "run", data_description={})
+
+
+
+def test_best_checkpoint_comes_only_from_epochs_the_type_allows(
+    small_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A type may rule epochs out of best.pt (two_stage: its stage-1-only epochs)."""
+    import dataclasses
+
+    from models import registry
+    from models.train import TrainConfig, train
+
+    base = registry.model_type_spec("global_pool")
+    assert base.training is not None
+    allowed = 3
+    spec = dataclasses.replace(base, training=dataclasses.replace(
+        base.training, selectable=lambda ctx: ctx.epoch == allowed))
+    monkeypatch.setitem(registry._MODEL_TYPES, "selective_test", spec)
+    config = TrainConfig(model_type="selective_test", stages=1, transition_channels=8,
+                         input_size=48, batch_size=4, epochs=4, val_fraction=0.34,
+                         balance="weights", lr=3e-3)
+    result = train(config, small_set, tmp_path / "run", data_description={})
+    history = result.summary["history"]
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert len(best["metadata"]["training"]["history"]) == allowed
+    assert result.summary["best_val_score"] == history[allowed - 1]["val_auroc"]
+    # the rule mattered: without it the first epoch with the top score would have been kept
+    scores = [h["val_auroc"] for h in history]
+    assert scores.index(max(scores)) != allowed - 1
