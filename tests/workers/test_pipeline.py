@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
@@ -19,20 +18,15 @@ from models.registry import ModelMetadata, save_checkpoint
 from models.synth import generate_dataset, read_manifest
 from storage import (
     Export,
-    FileStore,
     Instance,
     InstanceMeta,
     InstanceSource,
     Job,
     JobRepository,
     JobState,
-    StudyRepository,
-    create_engine_for,
     ingest,
-    migrate,
-    run_write,
-    session_factory,
 )
+from tests.workers.conftest import ingest_file, settle_job
 from workers.pipeline import JobFailed, ModelCache, PipelineOptions, StudyPipeline
 from workers.routing import Route, ViewHeader, route_for
 
@@ -53,32 +47,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def node_storage(tmp_path: Path):
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'index.db'}")
-    migrate(engine)
-    yield FileStore(tmp_path / "store"), session_factory(engine)
-    engine.dispose()
-
-
-def _ingest_file(store: FileStore, sessions, path: Path) -> InstanceMeta:
-    data = path.read_bytes()
-    meta = InstanceMeta.read(data)
-    ingest(store, sessions, data, meta)
-    return meta
-
-
-def _settle(sessions) -> int:
-    def work(session) -> int:
-        repo = StudyRepository(session)
-        (study,) = repo.settled(datetime.now(UTC), 0.0)
-        job = repo.mark_settled_and_create_job(study, stable_seconds=0.0)
-        assert job is not None
-        return job.id
-
-    return run_write(sessions, work)
-
-
 def _study_files(tmp_path: Path) -> list[Path]:
     root = tmp_path / "synth"
     generate_dataset(root, studies=3, seed=5, size=192)
@@ -92,7 +60,7 @@ def test_pipeline_writes_sr_and_scs_and_queues_exports(
 ) -> None:
     store, sessions = node_storage
     files = _study_files(tmp_path)
-    metas = [_ingest_file(store, sessions, f) for f in files]
+    metas = [ingest_file(store, sessions, f) for f in files]
     # An undecodable view of the same study: reported and skipped, not fatal.
     broken = pydicom.dcmread(files[0])
     broken.SOPInstanceUID = "1.2.826.0.1.3680043.99.1"
@@ -100,7 +68,7 @@ def test_pipeline_writes_sr_and_scs_and_queues_exports(
     buffer = io.BytesIO()
     broken.save_as(buffer, enforce_file_format=True)
     ingest(store, sessions, buffer.getvalue(), InstanceMeta.read(buffer.getvalue()))
-    job_id = _settle(sessions)
+    job_id = settle_job(sessions)
 
     options = PipelineOptions(routes=(Route(model=str(checkpoint)),), destinations=("pacs",))
     pipeline = StudyPipeline(store, sessions, options, ModelCache(device="cpu"))
@@ -141,8 +109,8 @@ def test_retried_job_reproduces_the_same_objects(
 ) -> None:
     store, sessions = node_storage
     for f in _study_files(tmp_path):
-        _ingest_file(store, sessions, f)
-    job_id = _settle(sessions)
+        ingest_file(store, sessions, f)
+    job_id = settle_job(sessions)
     options = PipelineOptions(routes=(Route(model=str(checkpoint)),))
     pipeline = StudyPipeline(store, sessions, options, ModelCache(device="cpu"))
 
@@ -197,8 +165,8 @@ def test_views_called_negative_carry_no_candidate_regions(
 ) -> None:
     store, sessions = node_storage
     for f in _study_files(tmp_path):
-        _ingest_file(store, sessions, f)
-    job_id = _settle(sessions)
+        ingest_file(store, sessions, f)
+    job_id = settle_job(sessions)
     # A threshold no view reaches: every view is negative, so no boxes or points are drawn.
     options = PipelineOptions(routes=(Route(model=str(checkpoint)),), threshold=0.999)
     assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) == "done"

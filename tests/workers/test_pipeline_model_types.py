@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
@@ -21,18 +20,11 @@ from models.registry import ModelMetadata, model_type_spec, model_types, save_ch
 from models.synth import generate_dataset, read_manifest
 from models.train import TrainConfig
 from storage import (
-    FileStore,
     Instance,
-    InstanceMeta,
     InstanceSource,
     JobRepository,
-    StudyRepository,
-    create_engine_for,
-    ingest,
-    migrate,
-    run_write,
-    session_factory,
 )
+from tests.workers.conftest import ingest_file, settle_job
 from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 from workers.routing import Route
 
@@ -74,48 +66,32 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.mark.parametrize("model_type", sorted(EXPECTED_TYPES))
 def test_model_type_runs_through_the_pipeline(model_type: str, study_files: list[Path],
-                                              tmp_path: Path) -> None:
+                                              node_storage, tmp_path: Path) -> None:
     checkpoint = tiny_checkpoint(model_type, tmp_path / f"{model_type}.pt")
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'index.db'}")
-    migrate(engine)
-    store, sessions = FileStore(tmp_path / "store"), session_factory(engine)
-    try:
-        for f in study_files:
-            data = f.read_bytes()
-            ingest(store, sessions, data, InstanceMeta.read(data))
-
-        def settle(session) -> int:
-            repo = StudyRepository(session)
-            (study,) = repo.settled(datetime.now(UTC), 0.0)
-            job = repo.mark_settled_and_create_job(study, stable_seconds=0.0)
-            assert job is not None
-            return job.id
-
-        job_id = run_write(sessions, settle)
-        options = PipelineOptions(routes=(Route(model=str(checkpoint)),))
-        assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) \
-            == "done"
-        with sessions() as session:
-            produced = session.scalars(select(Instance).where(
-                Instance.source == InstanceSource.PRODUCED)).all()
-            result = JobRepository(session).result_for(job_id)
-            assert result is not None
-            aggregation = result.aggregation
-        assert sorted(i.sop_class_uid for i in produced) == \
-            [SC_CLASS] * len(study_files) + [SR_CLASS]
-        expected = "learned (mvcnn)" if model_type == "mvcnn" else "max"
-        assert aggregation == expected
-        dciodvfy = shutil.which("dciodvfy")
-        assert dciodvfy, "dciodvfy (dicom3tools) must be installed: run `make test`"
-        for item in produced:
-            path = store.path_of(item.relpath)
-            out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True,
-                                 timeout=60)
-            errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
-            assert not errors, (model_type, item.sop_class_uid, errors)
-        sr = pydicom.dcmread(store.path_of(next(
-            i for i in produced if i.sop_class_uid == SR_CLASS).relpath))
-        assert f"tiny-{model_type}" in str(sr.ContentSequence) or \
-            f"tiny-{model_type}" in str(sr)
-    finally:
-        engine.dispose()
+    store, sessions = node_storage
+    for f in study_files:
+        ingest_file(store, sessions, f)
+    job_id = settle_job(sessions)
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),))
+    assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) == "done"
+    with sessions() as session:
+        produced = session.scalars(select(Instance).where(
+            Instance.source == InstanceSource.PRODUCED)).all()
+        result = JobRepository(session).result_for(job_id)
+        assert result is not None
+        aggregation = result.aggregation
+    assert sorted(i.sop_class_uid for i in produced) == \
+        [SC_CLASS] * len(study_files) + [SR_CLASS]
+    expected = "learned (mvcnn)" if model_type == "mvcnn" else "max"
+    assert aggregation == expected
+    dciodvfy = shutil.which("dciodvfy")
+    assert dciodvfy, "dciodvfy (dicom3tools) must be installed: run `make test`"
+    for item in produced:
+        path = store.path_of(item.relpath)
+        out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True,
+                             timeout=60)
+        errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+        assert not errors, (model_type, item.sop_class_uid, errors)
+    sr = pydicom.dcmread(store.path_of(next(
+        i for i in produced if i.sop_class_uid == SR_CLASS).relpath))
+    assert f"tiny-{model_type}" in str(sr)  # the SR names the model that made it
