@@ -86,6 +86,8 @@ def train(
     = False,
     synthetic_studies: Annotated[int, typer.Option(min=2)] = 400,
     data_seed: Annotated[int, typer.Option(help="Seed of the synthetic training set")] = 1000,
+    synthetic_workers: Annotated[int, typer.Option(
+        min=1, help="Processes that write the synthetic set (same files for any number)")] = 1,
     run_dir: Annotated[Path | None, typer.Option(help="Checkpoints and summary.json")] = None,
     backbone: Annotated[str, typer.Option(help="resnet18 | resnet50 | densenet121")] = "resnet18",
     stages: Annotated[int, typer.Option(min=1, max=4, help="ResNet stages kept")] = 3,
@@ -101,7 +103,8 @@ def train(
     lr: Annotated[float, typer.Option()] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, sampling, augmentation")]
     = 0,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast (faster on recent CPUs)")]
+    bf16: Annotated[bool, typer.Option(
+        help="bfloat16 autocast where the CPU/GPU runs it natively (else float32, with a warning)")]
     = False,
     init_from: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights")]
     = None,
@@ -157,6 +160,7 @@ def train(
             with _progress() as bar:
                 task = bar.add_task("synthesising training studies", total=synthetic_studies)
                 generate_dataset(data, studies=synthetic_studies, seed=data_seed,
+                                 workers=synthetic_workers,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
         description = {"kind": "synthetic", "generator": "models.synth", "seed": data_seed,
                        "studies": synthetic_studies}

@@ -168,7 +168,26 @@ def test_fine_tuning_starts_from_an_earlier_run_at_another_size(
     model = load_model(result.last_checkpoint, device="cpu")
     assert model.metadata.input_size == SIZE + 32
     assert model.metadata.training["recipe"]["init_from"] == str(tiny_run.best_checkpoint)
+    # The fine-tuned checkpoint names the data and recipe of the run it started from.
+    earlier = model.metadata.training["initialised_from"]
+    assert earlier["data"] == {"kind": "synthetic", "seed": 11}
+    assert earlier["recipe"]["input_size"] == SIZE
     wider = TrainConfig(**{**base, "augment": AugmentConfig(**base["augment"]),
                            "transition_channels": 8, "init_from": str(tiny_run.best_checkpoint)})
     with pytest.raises(ValueError, match="architecture"):
         train(wider, data, tmp_path / "x", data_description={})
+
+
+def test_bf16_on_a_cpu_without_native_support_trains_in_float32(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.train as training
+
+    monkeypatch.setattr(training, "bf16_is_fast", lambda device: False)
+    config = TrainConfig(stages=1, transition_channels=8, input_size=64, epochs=1,
+                         batch_size=4, val_fraction=0.0, seed=1, bf16=True)
+    data = prepare_dataset(dataset, size=64)
+    with pytest.warns(UserWarning, match="float32"):
+        result = train(config, data, tmp_path, data_description={})
+    model = load_model(result.last_checkpoint, device="cpu")
+    assert model.metadata.training["recipe"]["bf16"] is False
