@@ -148,7 +148,10 @@ def bf16_is_fast(device: torch.device) -> bool:
     """Whether bfloat16 autocast speeds training up on ``device`` rather than emulating it."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:  # private to torch; float32 is always a correct answer if it goes away
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def train(
