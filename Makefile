@@ -53,8 +53,8 @@ bench: install
 # 256 px, a fine-tune at 384 px (progressive resizing), then two fine-tunes at 384 px on
 # fresh, larger synthetic sets (seeds 1001, 1002: more hip fractures seen). --bf16 is used
 # only where the CPU runs it natively (AVX512-BF16/AMX); elsewhere training runs in float32.
-# Stages 1-2 took about 90 min on 2 shared cores with native bf16; stages 3-4 68 + 44 min on 2 AVX2
-# cores in float32 (README "Demo weights").
+# Stages 1-2 took about 90 min on 2 shared cores with native bf16; stages 3-4 took
+# 68 + 44 min on 2 AVX2 cores in float32 (README "Demo weights").
 DEMO_DATA := --synthetic --demo --stages 2 --pooling max --augment mild --batch-size 16 --bf16
 demo-weights: install
 	$(VENV)/bin/pacs-node train --model-type global_pool $(DEMO_DATA) --run-dir runs/demo-stage1 \

@@ -171,8 +171,8 @@ def train(
     if config.bf16 and not bf16_is_fast(device):
         # Emulated bfloat16 runs ~30x slower than float32 (measured on an AVX2-only EPYC:
         # 0.3 against 9.6 images/s): train in float32 and say so in the checkpoint.
-        warnings.warn("this CPU has no native bfloat16 (AVX512-BF16/AMX): training in float32",
-                      stacklevel=2)
+        what = "GPU" if device.type == "cuda" else "CPU (no AVX512-BF16/AMX)"
+        warnings.warn(f"this {what} has no native bfloat16: training in float32", stacklevel=2)
         config = dataclasses.replace(config, bf16=False)
     classes = LABEL_SETS[config.label_set]
     train_idx, val_idx = split_by_study(data.entries, config.val_fraction, config.seed)
