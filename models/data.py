@@ -8,11 +8,13 @@ input, so epochs cost only the network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pydicom
 import torch
@@ -166,6 +168,26 @@ def _geometry_on_input(entry: dict[str, Any], transform: Affine2D
     return roi, _padded(boxes, MAX_BOXES, 4), _padded(points, MAX_POINTS, 2)
 
 
+def _prepare_one(job: tuple[Path, dict[str, Any], int, str, str, bool, bool]
+                 ) -> tuple[PreparedView, int, int, list[float], list[list[float]],
+                            list[list[float]]]:
+    """Decode and preprocess one manifest entry (top level, so worker processes can run it)."""
+    root, entry, size, label_set, mode, align, heuristic_inversion = job
+    file = (root / entry["path"]).resolve()
+    if root.resolve() not in file.parents:
+        raise ValueError(f"manifest path escapes the data set: {entry['path']!r}")
+    view = prepare_view(pydicom.dcmread(file), size=size, mode=mode, align=align,
+                        heuristic_inversion=heuristic_inversion)
+    roi, view_boxes, view_points = _geometry_on_input(entry, view.transform)
+    return (view, view_class(entry, label_set), study_class(entry, label_set), roi, view_boxes,
+            view_points)
+
+
+def _init_prepare_worker() -> None:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
 def prepare_dataset(
     root: Path,
     *,
@@ -174,27 +196,39 @@ def prepare_dataset(
     mode: str = "pad",
     align: bool = False,
     heuristic_inversion: bool = False,
+    workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> PreparedSet:
-    """Decode and preprocess every view listed in ``root``'s manifest once."""
+    """Decode and preprocess every view listed in ``root``'s manifest once.
+
+    ``workers`` > 1 spreads the views over that many processes; the result is the same, in
+    manifest order, for any number.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     root = Path(root)
     entries = read_manifest(root)
+    jobs = [(root, e, size, label_set, mode, align, heuristic_inversion) for e in entries]
     views, labels, study_labels, rois, boxes, points = [], [], [], [], [], []
-    for n, entry in enumerate(entries, start=1):
-        file = (root / entry["path"]).resolve()
-        if root.resolve() not in file.parents:
-            raise ValueError(f"manifest path escapes the data set: {entry['path']!r}")
-        view = prepare_view(pydicom.dcmread(file), size=size, mode=mode, align=align,
-                            heuristic_inversion=heuristic_inversion)
-        views.append(view)
-        labels.append(view_class(entry, label_set))
-        study_labels.append(study_class(entry, label_set))
-        roi, view_boxes, view_points = _geometry_on_input(entry, view.transform)
-        rois.append(roi)
-        boxes.append(view_boxes)
-        points.append(view_points)
-        if progress is not None:
-            progress(n, len(entries))
+
+    def collect(results: Iterator[tuple[Any, ...]]) -> None:
+        for n, (view, label, study_label, roi, view_boxes, view_points) in enumerate(
+                results, start=1):
+            views.append(view)
+            labels.append(label)
+            study_labels.append(study_label)
+            rois.append(roi)
+            boxes.append(view_boxes)
+            points.append(view_points)
+            if progress is not None:
+                progress(n, len(entries))
+
+    if workers == 1 or len(jobs) < 2:
+        collect(map(_prepare_one, jobs))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, len(jobs)), initializer=_init_prepare_worker) as pool:
+            collect(pool.imap(_prepare_one, jobs, chunksize=8))
     images = torch.from_numpy(np.stack([v.image for v in views]).astype(np.float16))
     return PreparedSet(
         root=root,

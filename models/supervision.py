@@ -72,9 +72,16 @@ class TrainBatch:
     points: torch.Tensor
     mask: torch.Tensor | None = None
 
-    def to(self, device: torch.device) -> TrainBatch:
-        return TrainBatch(*(None if t is None else t.to(device) for t in (
-            self.images, self.labels, self.rois, self.boxes, self.points, self.mask)))
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.images, self.labels, self.rois, self.boxes, self.points, self.mask)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> TrainBatch:
+        return TrainBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
+                            for t in self._fields()))
+
+    def pin_memory(self) -> TrainBatch:
+        """Page-locked copies, called by ``DataLoader(pin_memory=True)`` for faster uploads."""
+        return TrainBatch(*(None if t is None else t.pin_memory() for t in self._fields()))
 
 
 @dataclass

@@ -88,6 +88,9 @@ def train(
     data_seed: Annotated[int, typer.Option(help="Seed of the synthetic training set")] = 1000,
     synthetic_workers: Annotated[int, typer.Option(
         min=1, help="Processes that write the synthetic set (same files for any number)")] = 1,
+    data_workers: Annotated[int, typer.Option(
+        min=1, help="Processes that preprocess and augment views (the same model for any "
+        "number)")] = 1,
     run_dir: Annotated[Path | None, typer.Option(help="Checkpoints and summary.json")] = None,
     backbone: Annotated[str, typer.Option(help="resnet18 | resnet50 | densenet121")] = "resnet18",
     stages: Annotated[int, typer.Option(min=1, max=4, help="ResNet stages kept")] = 3,
@@ -144,6 +147,7 @@ def train(
             lse_r=lse_r, input_size=input_size, label_set=label_set.value,
             balance=balance.value, augment=AUGMENT_PRESETS[augment.value], epochs=epochs,
             batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
+            loader_workers=data_workers - 1 if data_workers > 1 else 0,
             init_from=str(init_from) if init_from else None, stop_after=stop_after,
             name=name or ("demo_global_pool" if demo else model_type),
             synthetic_demo=demo or synthetic, options=options,
@@ -172,7 +176,7 @@ def train(
     with _progress() as bar:
         task = bar.add_task("preprocessing views", total=None)
         prepared = prepare_dataset(
-            data, size=input_size, label_set=label_set.value,
+            data, size=input_size, label_set=label_set.value, workers=data_workers,
             progress=lambda d, t: bar.update(task, completed=d, total=t),
         )
     description["views"] = len(prepared.labels)

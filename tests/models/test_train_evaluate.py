@@ -77,6 +77,19 @@ def test_training_is_reproducible(dataset: Path, tiny_run, tmp_path: Path) -> No
     assert first == pytest.approx(second, rel=1e-5)
 
 
+def test_loader_workers_train_the_same_model(dataset: Path, tiny_run, tmp_path: Path) -> None:
+    # Augmentation draws from (seed, epoch, index) alone, so worker processes change nothing.
+    config = TrainConfig(**{**tiny_run.summary["config"], "loader_workers": 2,
+                            "augment": AugmentConfig(**tiny_run.summary["config"]["augment"])})
+    data = prepare_dataset(dataset, size=SIZE)
+    again = train(config, data, tmp_path, data_description={"kind": "synthetic", "seed": 11})
+    first = [h["train_loss"] for h in tiny_run.summary["history"]]
+    second = [h["train_loss"] for h in again.summary["history"]]
+    assert first == pytest.approx(second, rel=1e-5)
+    with pytest.raises(ValueError, match="loader_workers"):
+        TrainConfig(loader_workers=-1)
+
+
 def test_checkpoint_carries_metadata_and_predicts_on_the_original_grid(
     tiny_run, dataset: Path
 ) -> None:

@@ -141,3 +141,14 @@ def test_best_checkpoint_comes_only_from_epochs_the_type_allows(
     # the rule mattered: without it the first epoch with the top score would have been kept
     scores = [h["val_auroc"] for h in history]
     assert scores.index(max(scores)) != allowed - 1
+
+
+def test_parallel_preparation_gives_the_same_set(small_set) -> None:
+    again = prepare_dataset(small_set.root, size=48, workers=2)
+    assert torch.equal(again.images, small_set.images)
+    assert torch.equal(again.labels, small_set.labels)
+    assert torch.equal(again.boxes.nan_to_num(-1.0), small_set.boxes.nan_to_num(-1.0))
+    assert [e["sop_instance_uid"] for e in again.entries] == \
+        [e["sop_instance_uid"] for e in small_set.entries]
+    with pytest.raises(ValueError, match="workers"):
+        prepare_dataset(small_set.root, size=48, workers=0)
