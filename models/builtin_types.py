@@ -24,7 +24,8 @@ def _infer_global_pool(
     if not isinstance(network, GlobalPoolClassifier):
         raise TypeError(f"global_pool expects a GlobalPoolClassifier, got {type(network).__name__}")
     logits, cams = network.forward_with_cam(batch)
-    return torch.softmax(logits, dim=1), fracture_heatmap(cams)
+    probs = torch.softmax(logits, dim=1)
+    return probs, fracture_heatmap(cams, probs)
 
 
 def global_pool_architecture(config: TrainConfig, num_classes: int) -> dict[str, Any]:

@@ -76,6 +76,24 @@ class GlobalPoolClassifier(nn.Module):
         return logits, cams
 
 
-def fracture_heatmap(cams: torch.Tensor) -> torch.Tensor:
-    """Per-pixel fracture probability (N, H, W) from class maps: 1 - softmax(normal)."""
-    return 1.0 - torch.softmax(cams, dim=1)[:, 0]
+def fracture_heatmap(cams: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+    """Per-pixel fracture evidence (N, H, W) in [0, 1] from class maps and image probabilities.
+
+    ``cams`` (N, C, H, W) are the class activation maps (§II.C.3; class 0 is normal) and
+    ``probabilities`` (N, C) the image's softmax. The map is the CAM fracture log-odds
+    ``d = logsumexp(M_1..M_C-1) - M_0``, normalised as seed 000 §III normalises CAMs before
+    thresholding them, and scaled by the image's fracture probability ``p``:
+    ``p * clip((d - median d) / (max d - median d), 0, 1)``.
+
+    So the map peaks at the CAM peak with the value ``p``: a view the model calls normal gets
+    a faint map and no finding above 0.5, and a positive view keeps only the regions that rise
+    well above its median evidence. (A per-pixel softmax instead is ~1 wherever the normal map
+    is low, on normal views too: max pooling leaves most of the map unconstrained.) The median,
+    not the minimum, is the floor because the minimum sits in padding or collimation. A flat
+    map carries no location and gives zeros.
+    """
+    d = torch.logsumexp(cams[:, 1:], dim=1) - cams[:, 0]
+    floor = d.flatten(1).median(dim=1).values.view(-1, 1, 1)
+    peak = d.amax(dim=(1, 2), keepdim=True)
+    scaled = ((d - floor) / (peak - floor).clamp_min(1e-6)).clamp(0.0, 1.0)
+    return (1.0 - probabilities[:, 0]).view(-1, 1, 1) * scaled

@@ -38,7 +38,8 @@ def _network(network: nn.Module) -> MultiViewClassifier:
 
 def _infer(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits, cams = _network(network).forward_with_cam(batch)
-    return torch.softmax(logits.float(), dim=1), fracture_heatmap(cams.float())
+    probs = torch.softmax(logits.float(), dim=1)
+    return probs, fracture_heatmap(cams.float(), probs)
 
 
 def _infer_study(network: nn.Module, views: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ def _network(network: nn.Module) -> SelfTransferNet:
 
 def _infer(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits, maps = _network(network).forward_with_maps(batch)
-    return torch.softmax(logits.float(), dim=1), fracture_heatmap(maps.float())
+    probs = torch.softmax(logits.float(), dim=1)
+    return probs, fracture_heatmap(maps.float(), probs)
 
 
 def _architecture(config: TrainConfig, num_classes: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
-from models.nets import GlobalPool, GlobalPoolClassifier, lse_pool
+from models.nets import GlobalPool, GlobalPoolClassifier, fracture_heatmap, lse_pool
 from models.sampling import balanced_sampler, class_weights, sample_probabilities
 
 
@@ -102,3 +102,30 @@ def test_lse_stays_finite_under_bfloat16_autocast() -> None:
         out = lse_pool(x.bfloat16(), 10.0)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, lse_pool(x, 10.0), atol=0.5, rtol=0.02)
+
+
+def test_heatmap_peaks_at_the_cam_peak_with_the_image_probability() -> None:
+    g = torch.Generator().manual_seed(3)
+    cams = torch.randn(4, 3, 20, 24, generator=g)
+    cams[:, 1, 7, 11] += 8.0  # a strong fracture response at (row 7, col 11)
+    probs = torch.softmax(torch.randn(4, 3, generator=g), dim=1)
+    heat = fracture_heatmap(cams, probs)
+    assert heat.shape == (4, 20, 24)
+    p = 1.0 - probs[:, 0]
+    assert torch.allclose(heat.amax(dim=(1, 2)), p)
+    for i in range(4):
+        assert divmod(int(heat[i].argmax()), 24) == (7, 11)
+    assert (heat >= 0).all() and (heat <= p.view(-1, 1, 1) + 1e-6).all()
+
+
+def test_a_view_called_normal_gets_a_faint_heatmap() -> None:
+    # A per-pixel softmax would be ~1 wherever the normal map is low; the heatmap is not.
+    cams = torch.zeros(1, 2, 16, 16)
+    cams[0, 0] = -10.0  # the normal map is low everywhere...
+    cams[0, 1, 4:6, 4:6] = 2.0  # ...and the fracture map has a weak bump
+    probs = torch.tensor([[0.97, 0.03]])
+    heat = fracture_heatmap(cams, probs)
+    assert float(heat.max()) == pytest.approx(0.03)
+    assert (heat < 0.5).all()
+    flat = fracture_heatmap(torch.ones(1, 2, 8, 8), torch.tensor([[0.2, 0.8]]))
+    assert (flat == 0).all()  # a flat map carries no location

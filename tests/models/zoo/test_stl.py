@@ -105,13 +105,15 @@ def test_heatmap_comes_from_the_localization_score_maps() -> None:
     assert heat.shape == (4, SIZE, SIZE)
     assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0
     assert float(heat.std()) > 0  # the score maps vary over the image
-    # Score maps forced to (0, ln 3) everywhere: 1 - softmax(normal) = 3 / 4 at every pixel.
+    # The map peaks with the image's fracture probability (models.nets.fracture_heatmap).
+    assert torch.allclose(heat.amax(dim=(1, 2)), 1.0 - probs[:, 0], atol=1e-5)
+    # Score maps forced to (0, ln 3) everywhere carry no location: the heatmap is blank.
     last = net.localization[-1]
     with torch.no_grad():
         last.weight.zero_()
         last.bias.copy_(torch.tensor([0.0, math.log(3.0)]))
     _, heat = infer(net, images)
-    assert torch.allclose(heat, torch.full_like(heat, 0.75), atol=1e-6)
+    assert torch.equal(heat, torch.zeros_like(heat))
 
 
 def test_a_few_optimisation_steps_lower_the_loss(zoo_set: PreparedSet) -> None:
