@@ -45,6 +45,7 @@ from .supervision import TrainingSpec
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DEMO_WEIGHTS",
+    "FINDING_EXTENT",
     "Finding",
     "FractureModel",
     "ModelMetadata",
@@ -308,23 +309,47 @@ class FractureModel:
         )
 
 
-def extract_findings(heatmap: np.ndarray, threshold: float) -> tuple[Finding, ...]:
-    """Connected regions of ``heatmap >= threshold`` as findings, best first.
+# Seed 000 §III draws a CAM's boxes around the regions above 60 of its [0, 255]-normalised
+# intensities: a finding's box spans the pixels connected to its peak that reach this
+# fraction of the peak's value.
+FINDING_EXTENT = 60.0 / 255.0
 
-    Score is the region's peak value, the point its peak location, the box its extent
-    (seed 003 "Evaluation metrics": components become boxes).
+
+def extract_findings(heatmap: np.ndarray, threshold: float,
+                     extent: float = FINDING_EXTENT) -> tuple[Finding, ...]:
+    """Fracture candidates in ``heatmap``, best first.
+
+    A finding is a connected region of ``heatmap >= threshold``; its score is the region's
+    peak value and its point the peak's location (seed 003 "Evaluation metrics": components
+    become boxes). Its box is the extent of the region connected to that peak where
+    ``heatmap >= extent * score`` (:data:`FINDING_EXTENT`, seed 000 §III), so the box covers
+    the evidence around a peak rather than only the pixels above the decision threshold.
+    Regions that fall inside a stronger finding's extent are merged into it.
     """
+    if not 0.0 < extent <= 1.0:
+        raise ValueError(f"extent must lie in (0, 1], got {extent}")
     mask = (heatmap >= threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    findings = []
+    peaks = []
     for label in range(1, count):
         x, y, w, h = (int(v) for v in stats[label, :4])
         window = np.where(labels[y:y + h, x:x + w] == label, heatmap[y:y + h, x:x + w], -1.0)
         row, col = np.unravel_index(int(np.argmax(window)), window.shape)
+        peaks.append((float(window[row, col]), x + int(col), y + int(row)))
+    peaks.sort(key=lambda p: -p[0])
+    findings: list[Finding] = []
+    claimed = np.zeros(heatmap.shape, dtype=bool)
+    for score, px, py in peaks:
+        if claimed[py, px]:
+            continue  # inside a stronger finding's extent
+        around = (heatmap >= extent * score).astype(np.uint8)
+        _, regions, region_stats, _ = cv2.connectedComponentsWithStats(around, connectivity=8)
+        region = int(regions[py, px])
+        x, y, w, h = (int(v) for v in region_stats[region, :4])
+        claimed |= regions == region
         findings.append(Finding(
-            score=float(window[row, col]),
-            point=(float(x + col), float(y + row)),
+            score=score,
+            point=(float(px), float(py)),
             box=(float(x), float(y), float(x + w - 1), float(y + h - 1)),
         ))
-    findings.sort(key=lambda f: -f.score)
     return tuple(findings)
