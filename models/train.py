@@ -279,7 +279,7 @@ def train(
             score = -record["train_loss"]
         history.append(record)
         metadata = _metadata(config, arch, classes, data_description, history,
-                             len(train_idx), len(val_idx), earlier)
+                             len(train_idx), len(val_idx), earlier, device)
         save_checkpoint(last_path, network, metadata)
         selectable = hooks.selectable is None or hooks.selectable(ctx)
         if selectable and score > best_score:
@@ -343,6 +343,7 @@ def _metadata(
     n_train: int,
     n_val: int,
     earlier: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> ModelMetadata:
     training: dict[str, Any] = {
         "data": data_description,
@@ -350,6 +351,9 @@ def _metadata(
         "train_views": n_train,
         "val_views": n_val,
         "history": history,
+        # Where it ran: GPU and CPU runs of one recipe agree closely, not bit for bit.
+        "device": str(device) if device is not None else None,
+        "torch": str(torch.__version__),  # a plain str: weights_only loading refuses TorchVersion
     }
     if earlier is not None:
         training["initialised_from"] = earlier

@@ -204,3 +204,10 @@ def test_bf16_on_a_cpu_without_native_support_trains_in_float32(
         result = train(config, data, tmp_path, data_description={})
     model = load_model(result.last_checkpoint, device="cpu")
     assert model.metadata.training["recipe"]["bf16"] is False
+
+
+def test_checkpoint_records_where_it_was_trained(tiny_run) -> None:
+    model = load_model(tiny_run.best_checkpoint)  # weights_only loading must accept it
+    training = model.metadata.training
+    assert training["device"] in ("cpu", "cuda")
+    assert training["torch"] == str(torch.__version__)
