@@ -105,6 +105,7 @@ class PipelineSettings(_Section):
     routes: list[RouteRule] = Field(default_factory=list)
     aggregation: Literal["max", "mean", "noisy_or", "majority"] = "max"
     threshold: float = Field(0.5, gt=0, lt=1)
+    max_findings: int = Field(3, ge=0)
 
 
 class Destination(_Section):

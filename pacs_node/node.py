@@ -67,6 +67,7 @@ def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], Study
             routes=tuple(settings.pipeline.routes),
             aggregation=settings.pipeline.aggregation,
             threshold=settings.pipeline.threshold,
+            max_findings=settings.pipeline.max_findings,
             destinations=tuple(d.name for d in settings.destinations),
             lease_seconds=settings.queue.lease_seconds,
         )

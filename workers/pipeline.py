@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.aggregation import StudyAggregate, aggregate_learned, aggregate_study
 from models.preprocess import PreparedView, normalise_body_part
-from models.registry import DEMO_WEIGHTS, FractureModel, load_model
+from models.registry import DEMO_WEIGHTS, FractureModel, ViewPrediction, load_model
 from storage import (
     ExportRepository,
     FileStore,
@@ -69,9 +69,22 @@ class PipelineOptions:
     routes: Sequence[RouteLike] = ()
     aggregation: str = "max"
     threshold: float = 0.5
+    max_findings: int = 3  # candidate regions reported per positive view, best first
     destinations: tuple[str, ...] = ()
     lease_seconds: float = 600.0
     batch_size: int = 8
+
+
+def reported_findings(predictions: Sequence[ViewPrediction], threshold: float,
+                      max_findings: int) -> list[ViewPrediction]:
+    """The predictions with the findings a reader is shown: none on a view the model calls
+    negative (boxes on a "no fracture" overlay read as findings), at most ``max_findings``
+    (the strongest) on a positive one."""
+    if max_findings < 0:
+        raise ValueError(f"max_findings must be >= 0, got {max_findings}")
+    return [dataclasses.replace(
+        p, findings=p.findings[:max_findings] if p.fracture_probability >= threshold else ())
+        for p in predictions]
 
 
 class ModelCache:
@@ -209,10 +222,8 @@ class StudyPipeline:
             model = self.models.get(ref)
             predictions = model.predict([p for _, _, p in group.views],
                                         batch_size=self.options.batch_size)
-            # A view the model calls negative shows no candidate boxes: a reader would take
-            # boxes on a "no fracture" overlay for findings.
-            predictions = [p if p.fracture_probability >= self.options.threshold
-                           else dataclasses.replace(p, findings=()) for p in predictions]
+            predictions = reported_findings(predictions, self.options.threshold,
+                                            self.options.max_findings)
             views = [ViewResult(source=ds, prediction=pred, site=site_of(header))
                      for (header, ds, _), pred in zip(group.views, predictions, strict=True)]
             if model.study_level:

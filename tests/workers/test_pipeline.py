@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
 from models.nets import GlobalPoolClassifier
-from models.registry import ModelMetadata, save_checkpoint
+from models.registry import Finding, ModelMetadata, ViewPrediction, save_checkpoint
 from models.synth import generate_dataset, read_manifest
 from storage import (
     Export,
@@ -27,7 +27,13 @@ from storage import (
     ingest,
 )
 from tests.workers.conftest import ingest_file, settle_job
-from workers.pipeline import JobFailed, ModelCache, PipelineOptions, StudyPipeline
+from workers.pipeline import (
+    JobFailed,
+    ModelCache,
+    PipelineOptions,
+    StudyPipeline,
+    reported_findings,
+)
 from workers.routing import Route, ViewHeader, route_for
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -176,3 +182,36 @@ def test_views_called_negative_carry_no_candidate_regions(
     types = _value_types(pydicom.dcmread(store.path_of(sr.relpath)).ContentSequence)
     assert "SCOORD" not in types
     assert all(p < 0.999 for m in summary["models"].values() for p in m["views"].values())
+
+
+def _prediction(p: float, n: int) -> ViewPrediction:
+    findings = tuple(Finding(score=0.9 - 0.1 * k, point=(float(k), 0.0),
+                             box=(float(k), 0.0, float(k), 0.0)) for k in range(n))
+    return ViewPrediction(probabilities={"normal": 1 - p, "fracture": p},
+                          fracture_probability=p, heatmap=torch.zeros(2, 2).numpy(),
+                          findings=findings)
+
+
+def test_a_positive_view_reports_only_its_strongest_findings() -> None:
+    shown = reported_findings([_prediction(0.9, 6), _prediction(0.2, 4), _prediction(0.7, 1)],
+                              threshold=0.5, max_findings=3)
+    assert [len(p.findings) for p in shown] == [3, 0, 1]
+    assert [f.score for f in shown[0].findings] == pytest.approx([0.9, 0.8, 0.7])
+    assert [p.fracture_probability for p in shown] == [0.9, 0.2, 0.7]  # scores untouched
+    with pytest.raises(ValueError, match="max_findings"):
+        reported_findings([], threshold=0.5, max_findings=-1)
+
+
+def test_max_findings_zero_marks_no_regions(node_storage, checkpoint: Path, tmp_path: Path) -> None:
+    store, sessions = node_storage
+    for f in _study_files(tmp_path):
+        ingest_file(store, sessions, f)
+    job_id = settle_job(sessions)
+    # Every view positive, but the site reports probabilities only: no boxes or points.
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),), threshold=1e-6,
+                              max_findings=0)
+    assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) == "done"
+    with sessions() as session:
+        sr = session.scalars(select(Instance).where(Instance.sop_class_uid == SR_CLASS)).one()
+    types = _value_types(pydicom.dcmread(store.path_of(sr.relpath)).ContentSequence)
+    assert "SCOORD" not in types
