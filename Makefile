@@ -49,12 +49,15 @@ lint: install
 bench: install
 	$(PY) benchmarks/synth_speed.py
 
-# Reproduces models/weights/demo_global_pool.pt from synthetic data only, in four stages:
-# 256 px, a fine-tune at 384 px (progressive resizing), then two fine-tunes at 384 px on
-# fresh, larger synthetic sets (seeds 1001, 1002: more hip fractures seen). --bf16 is used
-# only where the CPU runs it natively (AVX512-BF16/AMX); elsewhere training runs in float32.
-# Stages 1-2 took about 90 min on 2 shared cores with native bf16; stages 3-4 took
-# 68 + 44 min on 2 AVX2 cores in float32 (README "Demo weights").
+# Reproduces models/weights/demo_global_pool.pt from synthetic data only, in six stages:
+# 256 px, a fine-tune at 384 px (progressive resizing), two fine-tunes at 384 px on fresh,
+# larger synthetic sets (seeds 1001, 1002), then two at 512 px on 8000 + 7000 fresh studies
+# (seeds 1003, 1004). --bf16 is used only where it runs natively (CUDA, AVX512-BF16/AMX);
+# elsewhere training runs in float32. Stages 1-2 took about 90 min on 2 shared cores with
+# native bf16, stages 3-4 68 + 44 min on 2 AVX2 cores in float32, stages 5-6 7 + 6 min on
+# one H100 with 16 cores (README "Demo weights"); on 2 CPU cores they would take about a day.
+DEMO_WORKERS ?= $(shell nproc)
+DEMO_PARALLEL := --synthetic-workers $(DEMO_WORKERS) --data-workers $(DEMO_WORKERS)
 DEMO_DATA := --synthetic --demo --stages 2 --pooling max --augment mild --batch-size 16 --bf16
 demo-weights: install
 	$(VENV)/bin/pacs-node train --model-type global_pool $(DEMO_DATA) --run-dir runs/demo-stage1 \
@@ -68,7 +71,13 @@ demo-weights: install
 	  --input-size 384 --epochs 5 --lr 5e-4 --init-from runs/demo-stage2.pt --out runs/demo-stage3.pt
 	$(VENV)/bin/pacs-node train --model-type global_pool $(DEMO_DATA) --run-dir runs/demo-stage4 \
 	  --synthetic-studies 2400 --data-seed 1002 --synthetic-workers 2 \
-	  --input-size 384 --epochs 3 --lr 3e-4 --init-from runs/demo-stage3.pt \
+	  --input-size 384 --epochs 3 --lr 3e-4 --init-from runs/demo-stage3.pt --out runs/demo-stage4.pt
+	$(VENV)/bin/pacs-node train --model-type global_pool $(DEMO_DATA) --run-dir runs/demo-stage5 \
+	  --synthetic-studies 8000 --data-seed 1003 $(DEMO_PARALLEL) \
+	  --input-size 512 --epochs 8 --lr 5e-4 --init-from runs/demo-stage4.pt --out runs/demo-stage5.pt
+	$(VENV)/bin/pacs-node train --model-type global_pool $(DEMO_DATA) --run-dir runs/demo-stage6 \
+	  --synthetic-studies 7000 --data-seed 1004 $(DEMO_PARALLEL) \
+	  --input-size 512 --epochs 8 --lr 3e-4 --init-from runs/demo-stage5.pt \
 	  --out models/weights/demo_global_pool.pt
 
 clean:
