@@ -93,7 +93,8 @@ def fracture_heatmap(cams: torch.Tensor, probabilities: torch.Tensor) -> torch.T
     map carries no location and gives zeros.
     """
     d = torch.logsumexp(cams[:, 1:], dim=1) - cams[:, 0]
-    floor = d.flatten(1).median(dim=1).values.view(-1, 1, 1)
+    # Row by row: median(dim=) also returns indices, which CUDA cannot make deterministic.
+    floor = torch.stack([row.median() for row in d.flatten(1)]).view(-1, 1, 1)
     peak = d.amax(dim=(1, 2), keepdim=True)
     scaled = ((d - floor) / (peak - floor).clamp_min(1e-6)).clamp(0.0, 1.0)
     return (1.0 - probabilities[:, 0]).view(-1, 1, 1) * scaled
