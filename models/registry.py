@@ -321,32 +321,35 @@ def extract_findings(heatmap: np.ndarray, threshold: float,
 
     A finding is a connected region of ``heatmap >= threshold``; its score is the region's
     peak value and its point the peak's location (seed 003 "Evaluation metrics": components
-    become boxes). Its box is the extent of the region connected to that peak where
-    ``heatmap >= extent * score`` (:data:`FINDING_EXTENT`, seed 000 §III), so the box covers
-    the evidence around a peak rather than only the pixels above the decision threshold.
-    Regions that fall inside a stronger finding's extent are merged into it.
+    become boxes). Its box is the extent of the pixels connected to that peak where
+    ``heatmap >= extent * score`` (:data:`FINDING_EXTENT`, seed 000 §III) and that no
+    stronger finding holds, so the box covers the evidence around a peak rather than only the
+    pixels above the decision threshold, and boxes of separate findings do not overlap.
+    A region whose peak lies inside a stronger finding's extent is merged into it.
     """
     if not 0.0 < extent <= 1.0:
         raise ValueError(f"extent must lie in (0, 1], got {extent}")
-    mask = (heatmap >= threshold).astype(np.uint8)
+    heat = np.ascontiguousarray(heatmap, dtype=np.float32)
+    mask = (heat >= threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     peaks = []
     for label in range(1, count):
         x, y, w, h = (int(v) for v in stats[label, :4])
-        window = np.where(labels[y:y + h, x:x + w] == label, heatmap[y:y + h, x:x + w], -1.0)
+        window = np.where(labels[y:y + h, x:x + w] == label, heat[y:y + h, x:x + w], -1.0)
         row, col = np.unravel_index(int(np.argmax(window)), window.shape)
         peaks.append((float(window[row, col]), x + int(col), y + int(row)))
     peaks.sort(key=lambda p: -p[0])
     findings: list[Finding] = []
-    claimed = np.zeros(heatmap.shape, dtype=bool)
+    # One flood-fill mask for all findings (1 px border, as cv2.floodFill wants): the cost
+    # follows the size of each extent, not of the image.
+    claimed = np.zeros((heat.shape[0] + 2, heat.shape[1] + 2), dtype=np.uint8)
+    flags = 8 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (1 << 8)
     for score, px, py in peaks:
-        if claimed[py, px]:
+        if claimed[py + 1, px + 1]:
             continue  # inside a stronger finding's extent
-        around = (heatmap >= extent * score).astype(np.uint8)
-        _, regions, region_stats, _ = cv2.connectedComponentsWithStats(around, connectivity=8)
-        region = int(regions[py, px])
-        x, y, w, h = (int(v) for v in region_stats[region, :4])
-        claimed |= regions == region
+        _, _, _, (x, y, w, h) = cv2.floodFill(heat, claimed, (px, py), 0.0,
+                                              loDiff=score * (1.0 - extent), upDiff=1.0,
+                                              flags=flags)
         findings.append(Finding(
             score=score,
             point=(float(px), float(py)),

@@ -17,7 +17,9 @@ def _blob(shape: tuple[int, int], centre: tuple[int, int], peak: float, sigma: f
 
 def test_a_finding_box_spans_the_evidence_around_its_peak() -> None:
     heat = _blob((120, 160), (60, 50), 0.9, 10.0)
+    before = heat.copy()
     (finding,) = extract_findings(heat, 0.5)
+    assert np.array_equal(heat, before)  # the caller's heatmap is left as it was
     assert finding.score == pytest.approx(0.9)
     assert finding.point == (60.0, 50.0)
     # The box reaches out to where the blob falls to FINDING_EXTENT of its peak, not to 0.5.
