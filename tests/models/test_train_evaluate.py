@@ -67,24 +67,25 @@ def test_training_writes_checkpoints_and_summary(tiny_run) -> None:
     assert summary["train_views"] + summary["val_views"] > 0
 
 
-def test_training_is_reproducible(dataset: Path, tiny_run, tmp_path: Path) -> None:
-    config = TrainConfig(**{**tiny_run.summary["config"],
-                            "augment": AugmentConfig(**tiny_run.summary["config"]["augment"])})
+def _losses_of_a_second_run(dataset: Path, tiny_run, tmp_path: Path, **overrides
+                            ) -> tuple[list[float], list[float]]:
+    """Train again with ``tiny_run``'s recipe (plus ``overrides``): both runs' losses."""
+    recipe = tiny_run.summary["config"]
+    config = TrainConfig(**{**recipe, **overrides, "augment": AugmentConfig(**recipe["augment"])})
     data = prepare_dataset(dataset, size=SIZE)
     again = train(config, data, tmp_path, data_description={"kind": "synthetic", "seed": 11})
-    first = [h["train_loss"] for h in tiny_run.summary["history"]]
-    second = [h["train_loss"] for h in again.summary["history"]]
+    return ([h["train_loss"] for h in tiny_run.summary["history"]],
+            [h["train_loss"] for h in again.summary["history"]])
+
+
+def test_training_is_reproducible(dataset: Path, tiny_run, tmp_path: Path) -> None:
+    first, second = _losses_of_a_second_run(dataset, tiny_run, tmp_path)
     assert first == pytest.approx(second, rel=1e-5)
 
 
 def test_loader_workers_train_the_same_model(dataset: Path, tiny_run, tmp_path: Path) -> None:
     # Augmentation draws from (seed, epoch, index) alone, so worker processes change nothing.
-    config = TrainConfig(**{**tiny_run.summary["config"], "loader_workers": 2,
-                            "augment": AugmentConfig(**tiny_run.summary["config"]["augment"])})
-    data = prepare_dataset(dataset, size=SIZE)
-    again = train(config, data, tmp_path, data_description={"kind": "synthetic", "seed": 11})
-    first = [h["train_loss"] for h in tiny_run.summary["history"]]
-    second = [h["train_loss"] for h in again.summary["history"]]
+    first, second = _losses_of_a_second_run(dataset, tiny_run, tmp_path, loader_workers=2)
     assert first == pytest.approx(second, rel=1e-5)
     with pytest.raises(ValueError, match="loader_workers"):
         TrainConfig(loader_workers=-1)
