@@ -158,13 +158,20 @@ class View:
         return np.stack([rel @ self.eu, rel @ self.ev], axis=1) / self.spacing
 
     def pixel_box(self, solid: Solid, pad: int = 1) -> tuple[int, int, int, int] | None:
-        """Integer grid box ``(x0, y0, x1, y1)`` (end exclusive) covering the solid, or None."""
-        xy = self.project(solid.corners())
+        """Integer grid box ``(x0, y0, x1, y1)`` (end exclusive) covering the solid, or None.
+
+        The box is the exact extent of the unclipped quadric along the detector axes.
+        """
         rows, cols = self.shape
-        x0 = max(int(np.floor(xy[:, 0].min())) - pad, 0)
-        y0 = max(int(np.floor(xy[:, 1].min())) - pad, 0)
-        x1 = min(int(np.ceil(xy[:, 0].max())) + pad + 1, cols)
-        y1 = min(int(np.ceil(xy[:, 1].max())) + pad + 1, rows)
+        cu = float(self.eu @ (solid.center - self.origin)) / self.spacing
+        cv = float(self.ev @ (solid.center - self.origin)) / self.spacing
+        hu = solid.support(self.eu) - float(self.eu @ solid.center)
+        hv = solid.support(self.ev) - float(self.ev @ solid.center)
+        hu, hv = hu / self.spacing, hv / self.spacing
+        x0 = max(int(np.floor(cu - hu)) - pad, 0)
+        y0 = max(int(np.floor(cv - hv)) - pad, 0)
+        x1 = min(int(np.ceil(cu + hu)) + pad + 1, cols)
+        y1 = min(int(np.ceil(cv + hv)) + pad + 1, rows)
         if x1 <= x0 or y1 <= y0:
             return None
         return x0, y0, x1, y1
@@ -177,8 +184,6 @@ def intervals(solid: Solid, view: View,
     A ray that misses gets ``t0 == t1`` (an empty interval somewhere on the ray).
     """
     x0, y0, x1, y1 = box
-    xs = np.arange(x0, x1, dtype=float)
-    ys = np.arange(y0, y1, dtype=float)
     q = solid.quadric()
     d = view.beam
     gu = view.spacing * view.eu
@@ -186,22 +191,27 @@ def intervals(solid: Solid, view: View,
     w0 = view.origin - solid.center
     qd = q @ d
     a = max(float(d @ qd), _EPS_A)
-    b = (float(qd @ w0) + xs * float(qd @ gu)).astype(np.float32)[None, :] + (
-        ys * float(qd @ gv)).astype(np.float32)[:, None]
-    qw = q @ w0
-    cx = float(w0 @ qw) - 1.0 + 2.0 * xs * float(gu @ qw) + xs * xs * float(gu @ q @ gu)
-    cy = 2.0 * ys * float(gv @ qw) + ys * ys * float(gv @ q @ gv)
-    c = cy.astype(np.float32)[:, None] + cx.astype(np.float32)[None, :]
-    cross = 2.0 * float(gu @ q @ gv)
+    # Along the ray a t^2 + 2 b t + c = 0; the discriminant b^2 - a c is a quadratic form of
+    # the ray's offset from the solid's centre, so it is evaluated in pixel offsets from the
+    # projected centre (no large terms that cancel in float32).
+    m = np.outer(qd, qd) - a * q
+    xs = np.arange(x0, x1, dtype=float)
+    ys = np.arange(y0, y1, dtype=float)
+    du = xs + float(view.eu @ w0) / view.spacing
+    dv = ys + float(view.ev @ w0) / view.spacing
+    inv_a2 = 1.0 / (a * a)
+    disc = ((a + dv * dv * float(gv @ m @ gv)) * inv_a2).astype(np.float32)[:, None] + (
+        du * du * float(gu @ m @ gu) * inv_a2).astype(np.float32)[None, :]
+    cross = 2.0 * float(gu @ m @ gv) * inv_a2
     if abs(cross) > 1e-12:
-        c += np.float32(cross) * np.outer(ys.astype(np.float32), xs.astype(np.float32))
-    disc = b * b
-    disc -= np.float32(a) * c
+        disc += np.multiply.outer((cross * dv).astype(np.float32), du.astype(np.float32))
     np.maximum(disc, 0.0, out=disc)
-    np.sqrt(disc, out=disc)
-    inv_a = np.float32(1.0 / a)
-    t0 = (-b - disc) * inv_a
-    t1 = (disc - b) * inv_a
+    half = np.sqrt(disc, out=disc)
+    # the middle of the chord, -b / a, is linear in the pixel position
+    mid = (-(float(qd @ w0) + xs * float(qd @ gu)) / a).astype(np.float32)[None, :] - (
+        ys * (float(qd @ gv) / a)).astype(np.float32)[:, None]
+    t0 = mid - half
+    t1 = np.add(mid, half, out=mid)
     normals, offsets = solid.all_planes()
     for n, h in zip(normals, offsets, strict=True):
         nd = float(n @ d)

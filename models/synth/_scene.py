@@ -91,67 +91,113 @@ def _union_box(boxes: Sequence[Box | None]) -> Box | None:
             max(b[2] for b in real), max(b[3] for b in real))
 
 
-def _stack(solids: Sequence[Solid], view: View, box: tuple[int, int, int, int]
-           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Interval grids of the solids over ``box`` (empty, at 0, outside each solid's own box)."""
+@dataclass(frozen=True)
+class _Grid:
+    """Entry and exit parameters of one solid's rays over its own pixel box."""
+
+    box: Box
+    t0: np.ndarray
+    t1: np.ndarray
+
+
+def _grids(solids: Iterable[Solid], view: View, limit: Box | None = None) -> list[_Grid]:
+    """Interval grids of the solids over their own pixel boxes (within ``limit``)."""
+    out = []
+    for solid in solids:
+        own = view.pixel_box(solid)
+        if own is None:
+            continue
+        if limit is not None:
+            own = (max(own[0], limit[0]), max(own[1], limit[1]),
+                   min(own[2], limit[2]), min(own[3], limit[3]))
+            if own[2] <= own[0] or own[3] <= own[1]:
+                continue
+        out.append(_Grid(own, *intervals(solid, view, own)))
+    return out
+
+
+def _overlaps(grid: _Grid, box: Box) -> bool:
+    b = grid.box
+    return b[0] < box[2] and b[2] > box[0] and b[1] < box[3] and b[3] > box[1]
+
+
+def _stack(grids: Sequence[_Grid], box: Box) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The grids over ``box``: slices where a grid covers it, else padded with empty intervals."""
     x0, y0, x1, y1 = box
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
-    for solid in solids:
-        own = view.pixel_box(solid)
-        ox0, oy0 = (max(own[0], x0), max(own[1], y0)) if own else (0, 0)
-        ox1, oy1 = (min(own[2], x1), min(own[3], y1)) if own else (0, 0)
+    for g in grids:
+        gx0, gy0, gx1, gy1 = g.box
+        ox0, oy0, ox1, oy1 = max(gx0, x0), max(gy0, y0), min(gx1, x1), min(gy1, y1)
         if ox1 <= ox0 or oy1 <= oy0:
             continue
-        t0, t1 = intervals(solid, view, (ox0, oy0, ox1, oy1))
-        if (ox0, oy0, ox1, oy1) != box:
-            s = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
-            e = np.zeros_like(s)
-            s[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] = t0
-            e[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] = t1
-            t0, t1 = s, e
-        starts.append(t0)
-        ends.append(t1)
-    if not starts:
-        starts.append(np.zeros((y1 - y0, x1 - x0), dtype=np.float32))
-        ends.append(np.zeros((y1 - y0, x1 - x0), dtype=np.float32))
+        src = (slice(oy0 - gy0, oy1 - gy0), slice(ox0 - gx0, ox1 - gx0))
+        if (ox0, oy0, ox1, oy1) == box:
+            starts.append(g.t0[src])
+            ends.append(g.t1[src])
+            continue
+        s = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+        e = np.zeros_like(s)
+        dst = (slice(oy0 - y0, oy1 - y0), slice(ox0 - x0, ox1 - x0))
+        s[dst] = g.t0[src]
+        e[dst] = g.t1[src]
+        starts.append(s)
+        ends.append(e)
     return starts, ends
+
+
+def _bands(grids: Sequence[_Grid], box: Box) -> list[tuple[int, int]]:
+    """Row ranges of ``box`` between the top and bottom edges of the grids."""
+    cuts = {box[1], box[3]}
+    for g in grids:
+        cuts.update(y for y in (g.box[1], g.box[3]) if box[1] < y < box[3])
+    edges = sorted(cuts)
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def group_paths(group: Group, view: View
                 ) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
-    """Cortical and trabecular path lengths (mm) of the group over its pixel box, or None."""
-    box = _union_box([view.pixel_box(p.outer) for p in group.parts])
+    """Cortical and trabecular path lengths (mm) of the group over its pixel box, or None.
+
+    The box is cut into row bands at the solids' edges so that each band sorts and merges
+    only the intervals of the solids that reach it.
+    """
+    outer = _grids((p.outer for p in group.parts), view)
+    if not outer:
+        return None
+    box = _union_box([g.box for g in outer])
     if box is None:
         return None
-    outer = [p.outer for p in group.parts]
-    inner = [p.inner for p in group.parts if p.inner is not None]
-    s_o, e_o = sort_intervals(*_stack(outer, view, box))
-    total_o = union_length(s_o, e_o)
-    s_i: list[np.ndarray] = []
-    e_i: list[np.ndarray] = []
-    if inner:
-        s_i, e_i = sort_intervals(*_stack(inner, view, box))
-        total_i = union_length(s_i, e_i)
-    else:
-        total_i = np.zeros_like(total_o)
-    trab = total_i.copy()
-    for carve in group.carves:
-        c0, c1 = _stack([carve.solid], view, box)
-        lo, hi = c0[0], c1[0]
-        if not np.any(hi > lo):
+    inner = _grids((p.inner for p in group.parts if p.inner is not None), view, box)
+    carves = [(c, g) for c in group.carves for g in _grids([c.solid], view, box)
+              if np.any(g.t1 > g.t0)]
+    bx0, by0, bx1, by1 = box
+    cortical = np.zeros((by1 - by0, bx1 - bx0), dtype=np.float32)
+    trab = np.zeros_like(cortical)
+    for ya, yb in _bands(outer + inner + [g for _, g in carves], box):
+        rows = (bx0, ya, bx1, yb)
+        live = [g for g in outer if _overlaps(g, rows)]
+        if not live:
             continue
-        loss = 1.0 - carve.keep
-        cut_i = union_length(s_i, e_i, (lo, hi)) if s_i else np.zeros_like(total_o)
-        if carve.channel == "all":
-            total_o -= loss * union_length(s_o, e_o, (lo, hi))
-            total_i = total_i - loss * cut_i
-            trab = trab - loss * cut_i
-        else:
-            trab = trab - loss * cut_i
-    cortical = total_o - total_i
-    np.maximum(cortical, 0.0, out=cortical)
-    np.maximum(trab, 0.0, out=trab)
+        band = (min(g.box[0] for g in live), ya, max(g.box[2] for g in live), yb)
+        s_o, e_o = sort_intervals(*_stack(live, band))
+        total_o = union_length(s_o, e_o)
+        s_i, e_i = sort_intervals(*_stack([g for g in inner if _overlaps(g, band)], band))
+        total_i = union_length(s_i, e_i) if s_i else np.zeros_like(total_o)
+        inside = total_i.copy()
+        for carve, grid in carves:
+            if not _overlaps(grid, band):
+                continue
+            (lo,), (hi,) = _stack([grid], band)
+            loss = np.float32(1.0 - carve.keep)
+            cut_i = union_length(s_i, e_i, (lo, hi)) if s_i else np.zeros_like(total_o)
+            if carve.channel == "all":
+                total_o -= loss * union_length(s_o, e_o, (lo, hi))
+                total_i -= loss * cut_i
+            inside -= loss * cut_i
+        dst = (slice(ya - by0, yb - by0), slice(band[0] - bx0, band[2] - bx0))
+        np.maximum(total_o - total_i, 0.0, out=cortical[dst])
+        np.maximum(inside, 0.0, out=trab[dst])
     return box, cortical, trab
 
 
