@@ -73,7 +73,7 @@ def build_hip(rng: np.random.Generator) -> Phantom:
     femur = femur.moved(pose, np.zeros(3))
 
     pelvis, sourcil = _pelvis(rng, rh, s, density)
-    soft = _soft_tissue(rng, pose @ j, pose @ shaft, s)
+    soft, habitus = _soft_tissue(rng, pose @ j, pose @ shaft, s)
     gas = _bowel_gas(rng)
     groups = [soft, *gas, pelvis, sourcil, femur]
     marks = {
@@ -82,7 +82,8 @@ def build_hip(rng: np.random.Generator) -> Phantom:
         "gt": pose @ gt.center, "lt": pose @ lt.center, "up": pose @ up,
         "neck_up": pose @ neck_up,
     }
-    params = {"scale": float(s), "head_radius": float(rh), "neck_length": float(neck_len)}
+    params = {"scale": float(s), "head_radius": float(rh), "neck_length": float(neck_len),
+              "habitus": habitus}
     return Phantom("hip", "R", groups, marks, (("femur", "head"), ("femur", "neck")), params)
 
 
@@ -129,15 +130,17 @@ def _pelvis(rng: np.random.Generator, rh: float, s: float, density: float
     return pelvis, sourcil
 
 
-def _soft_tissue(rng: np.random.Generator, j: np.ndarray, shaft: np.ndarray, s: float) -> Group:
-    size = rng.uniform(0.75, 1.2)
+def _soft_tissue(rng: np.random.Generator, j: np.ndarray, shaft: np.ndarray, s: float
+                 ) -> tuple[Group, float]:
+    """Trunk and thigh; ``size`` (returned as the habitus) spans thin to obese patients."""
+    size = float(rng.uniform(0.7, 1.5))
     midline = rng.uniform(90.0, 110.0) * s
     trunk = ellipsoid([midline, 5.0, 115.0], (175.0 * size, 118.0 * size, 155.0))
     thigh_r = rng.uniform(60.0, 85.0) * size
     thigh = ellipsoid(j + 170.0 * shaft + np.array([8.0, 0.0, 0.0]),
                       (thigh_r, thigh_r * rng.uniform(1.0, 1.2), 270.0), frame_from_axis(shaft))
     return Group("soft", "soft", (Part("trunk", trunk), Part("thigh", thigh)), MU_SOFT,
-                 textured=False)
+                 textured=False), size
 
 
 def _bowel_gas(rng: np.random.Generator) -> list[Group]:

@@ -1,8 +1,10 @@
 """From line integrals to stored pixel values: Beer-Lambert exposure, detector, processing.
 
 ``I = I0 exp(-integral mu dl)`` (seed 002, Appendix "Data Augmentation": DRRs with varied
-kVp, mAs and geometry), then detector blur, scatter, quantum and electronic noise, a
-logarithmic read-out with unsharp masking and a tone curve, as a CR/DX system would do.
+kVp, mAs, geometry and patient size), then collimation, grid lines, detector blur, scatter,
+quantum and electronic noise, a logarithmic read-out with exposure recognition on the
+collimated field, unsharp masking (up to the halo look of heavy edge enhancement), dynamic
+range compression and a tone curve, as a CR/DX system would do.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import numpy as np
 
 from ._geometry import View, rotation
 from ._phantom import ViewSpec
-
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def make_view(spec: ViewSpec, size: int, rng: np.random.Generator) -> View:
@@ -42,17 +42,18 @@ def trabecular_texture(shape: tuple[int, int], spacing: float,
     small = (max(h // 2, 8), max(w // 2, 8))
     step = 2.0 * spacing
     noise = rng.standard_normal(small, dtype=np.float32)
-    out = np.zeros(small, dtype=np.float32)
     s_long = float(np.clip(1.4 / step, 1.0, 5.0))
     s_short = float(np.clip(0.3 / step, 0.4, 1.5))
     half = int(np.ceil(2.5 * s_long))
     grid = np.arange(-half, half + 1, dtype=np.float32)
     xx, yy = np.meshgrid(grid, grid)
-    for angle in rng.uniform(0.0, np.pi, 2):
+    kernel = np.zeros_like(xx)
+    for angle in rng.uniform(0.0, np.pi, 2):  # one filter: the sum of both orientations
         u = xx * np.cos(angle) + yy * np.sin(angle)
         v = -xx * np.sin(angle) + yy * np.cos(angle)
-        kernel = np.exp(-0.5 * ((u / s_long) ** 2 + (v / s_short) ** 2)).astype(np.float32)
-        out += cv2.filter2D(noise, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
+        k = np.exp(-0.5 * ((u / s_long) ** 2 + (v / s_short) ** 2)).astype(np.float32)
+        kernel += k / k.sum()
+    out = cv2.filter2D(noise, -1, kernel, borderType=cv2.BORDER_REFLECT)
     out -= _smooth(out, 3.0 * s_long)
     out /= max(float(out.std()), 1e-6)
     return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -61,96 +62,234 @@ def trabecular_texture(shape: tuple[int, int], spacing: float,
 def _smooth(img: np.ndarray, sigma_px: float) -> np.ndarray:
     """Large Gaussian blur computed at reduced resolution (for low-frequency components)."""
     h, w = img.shape
-    factor = max(1, int(sigma_px // 4))
+    factor = max(1, int(sigma_px // 3))
+    if factor == 1:
+        return cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     small = cv2.resize(img, (max(w // factor, 1), max(h // factor, 1)),
                        interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigma_px / factor, borderType=cv2.BORDER_REFLECT)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def lead_marker(shape: tuple[int, int], spacing: float, letter: str,
-                rng: np.random.Generator) -> np.ndarray:
-    """Attenuation (line integral) of a lead letter in a plastic holder near a top corner."""
-    h, w = shape
-    out = np.zeros(shape, dtype=np.float32)
-    height = 7.0 / spacing
-    scale = height / 22.0
-    thick = max(1, int(round(height / 7.0)))
-    (tw, th), _ = cv2.getTextSize(letter, _FONT, scale, thick)
-    margin = int(rng.uniform(0.04, 0.1) * w)
-    left = rng.random() < 0.5
-    x = margin if left else w - margin - tw
-    y = int(rng.uniform(0.06, 0.18) * h) + th
-    pad = int(0.35 * th)
-    cv2.rectangle(out, (x - pad, y - th - pad), (x + tw + pad, y + pad), 0.12, -1)
-    mask = np.zeros(shape, dtype=np.uint8)
-    cv2.putText(mask, letter, (x, y), _FONT, scale, 255, thick, cv2.LINE_AA)
-    out += (2.5 / 255.0) * mask.astype(np.float32)
-    return out
-
-
 @dataclass(frozen=True)
 class Exposure:
-    """Acquisition and processing parameters of one image."""
+    """Acquisition and processing parameters of one image.
+
+    ``detector_per_mm2`` is the dose behind the patient (quanta per mm^2, lower is noisier);
+    ``usm`` and ``usm_mm`` the unsharp-mask gain and kernel (a large kernel with a high gain
+    gives the halo look); ``tone`` is ``"gamma"`` or ``"sigmoid"`` (a film-like S curve of
+    slope ``slope``), scaled so thick tissue lands on ``midgrey``; ``black`` is the
+    percentile of the field shown black (higher on over-exposed, burnt-out looks).
+    """
 
     detector_per_mm2: float
     scatter: float
     electronic: float
     usm: float
+    usm_mm: float
     drc: float
-    gamma: float
+    tone: str
+    midgrey: float
+    slope: float
+    black: float
     texture: float
     heel: float
     bits: int
 
 
-def sample_exposure(rng: np.random.Generator, anatomy: str, bits: int) -> Exposure:
-    """Random exposure (I0), scatter, processing strength and tone curve."""
+def sample_exposure(rng: np.random.Generator, anatomy: str, bits: int,
+                    habitus: float = 1.0) -> Exposure:
+    """Random exposure, scatter, processing strength and tone curve.
+
+    ``habitus`` is the patient's soft-tissue scale (1 typical): a bigger patient scatters more
+    and, with the tube at its limits, leaves fewer quanta on the detector (more noise).
+    """
     hip = anatomy == "hip"
+    dose = (7e3 if hip else 2e4) * float(np.exp(rng.normal(0.0, 0.45))) / max(habitus, 0.5) ** 1.5
+    halo = bool(rng.random() < 0.15)
     return Exposure(
-        detector_per_mm2=float(np.exp(rng.normal(np.log(7e3 if hip else 2e4), 0.35))),
-        scatter=float(rng.uniform(0.2, 0.7) if hip else rng.uniform(0.05, 0.2)),
+        detector_per_mm2=dose,
+        scatter=float((rng.uniform(0.15, 0.55) if hip else rng.uniform(0.05, 0.2)) * habitus),
         electronic=float(rng.uniform(1.0, 6.0)),
-        usm=float(rng.uniform(0.2, 1.2)),
+        usm=float(rng.uniform(1.2, 2.5) if halo else rng.uniform(0.0, 1.4)),
+        usm_mm=float(rng.uniform(6.0, 14.0) if halo else rng.uniform(1.5, 4.0)),
         drc=float(rng.uniform(0.5, 0.85) if hip else rng.uniform(0.2, 0.5)),
-        gamma=float(rng.uniform(1.4, 2.2) if hip else rng.uniform(0.9, 1.4)),
+        tone="sigmoid" if rng.random() < 0.35 else "gamma",
+        midgrey=float(rng.uniform(0.4, 0.62)),
+        slope=float(rng.uniform(3.0, 7.0)),
+        black=float(rng.choice([0.5, 0.5, 0.5, 1.5, 4.0])),
         texture=float(rng.uniform(0.15, 0.3)),
         heel=float(rng.uniform(-0.12, 0.12)),
         bits=bits,
     )
 
 
+@dataclass(frozen=True)
+class RandomFields:
+    """The random images of one exposure: trabecular texture and unit quantum noise."""
+
+    texture: np.ndarray
+    noise: np.ndarray
+
+
+def draw_fields(shape: tuple[int, int], spacing: float,
+                rng: np.random.Generator) -> RandomFields:
+    """Draw the texture and noise of one exposure (shared by a broken/intact twin pair)."""
+    texture = trabecular_texture(shape, spacing, rng)
+    return RandomFields(texture, rng.standard_normal(shape, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class Beam:
+    """What lies in the beam besides the patient, identical in both images of a twin pair.
+
+    ``extra`` is a line integral added to the patient's (markers, rulers, implants, casts);
+    ``dense`` marks metal and lead, left out of exposure recognition; ``field`` is the
+    collimator transmission (1 in the exposed field); ``grid`` multiplies the primary (grid
+    lines); ``shutter`` is 1 in the field and 0 where an electronic shutter blacks it out.
+    """
+
+    extra: np.ndarray | None = None
+    dense: np.ndarray | None = None
+    field: np.ndarray | None = None
+    grid: np.ndarray | None = None
+    shutter: np.ndarray | None = None
+
+
+_NO_BEAM = Beam()
+
+
+def _field_sample(beam: Beam, shape: tuple[int, int]) -> np.ndarray | None:
+    """Mask of the 4x-subsampled pixels inside the exposed field and off metal, or None."""
+    mask = None
+    if beam.field is not None:
+        mask = beam.field[::4, ::4] > 0.9
+    if beam.dense is not None:
+        off = ~beam.dense[::4, ::4]
+        mask = off if mask is None else mask & off
+    if mask is not None and mask.sum() < 16:
+        return None
+    return mask
+
+
+@dataclass(frozen=True)
+class Levels:
+    """An image's exposure recognition: dose scale, processing ceiling, low-frequency mean,
+    black and white points and tone reference. Reused for the intact/broken twin of an
+    image, so that the two differ only around the fracture."""
+
+    i0: float
+    ceiling: float
+    low_mean: float
+    lo: float
+    hi: float
+    ref: float
+
+
 def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
-           rng: np.random.Generator, marker: np.ndarray | None) -> np.ndarray:
-    """Processed image in [0, 1], bone bright (a MONOCHROME2 rendering before quantisation)."""
+           fields: RandomFields, beam: Beam = _NO_BEAM, levels: Levels | None = None
+           ) -> tuple[np.ndarray, Levels]:
+    """Processed image in [0, 1], bone bright (a MONOCHROME2 rendering before quantisation),
+    and the levels it was processed with (``levels`` given: those are used).
+
+    Exposure recognition (automatic exposure control, the percentiles that set black and
+    white, the dynamic range compression) looks only at the exposed field off metal, as
+    CR/DX systems do, so collimated borders and implants saturate white and the anatomy
+    keeps its contrast.
+    """
     h, w = plain.shape
-    tex = trabecular_texture(plain.shape, view.spacing, rng)
-    line = plain + trab * (1.0 + np.float32(exp.texture) * tex)
-    if marker is not None:
-        line = line + marker
+    line = plain + trab * (1.0 + np.float32(exp.texture) * fields.texture)
+    if beam.extra is not None:
+        line += beam.extra
     ramp = np.linspace(1.0 - exp.heel, 1.0 + exp.heel, h, dtype=np.float32)[:, None]
     primary = np.exp(-line) * ramp
+    if beam.grid is not None:
+        primary *= beam.grid
+    if beam.field is not None:
+        primary *= beam.field
     primary = cv2.GaussianBlur(primary, (0, 0), 0.55)
-    signal = primary + exp.scatter * _smooth(primary, 30.0 / view.spacing) * float(
-        primary.mean() > 0)
-    # automatic exposure control: the median signal behind the patient reaches the target dose
-    behind = signal[::4, ::4]
-    behind = behind[behind < 0.8]
-    level = float(np.median(behind)) if behind.size else 1.0
-    i0 = exp.detector_per_mm2 * view.spacing**2 / max(level, 1e-4)
-    counts = i0 * signal
+    # scatter from the irradiated volume reaches past the shutters: the glow at their edges
+    signal = primary + np.float32(exp.scatter) * _smooth(primary, 30.0 / view.spacing)
+    sample_mask = _field_sample(beam, (h, w))
+
+    def sample(img: np.ndarray) -> np.ndarray:
+        small = img[::4, ::4]
+        return small[sample_mask] if sample_mask is not None else small.ravel()
+
+    if levels is None:
+        # automatic exposure control: the median signal behind the patient reaches the dose
+        behind = sample(signal)
+        behind = behind[behind < 0.8]
+        level = float(np.median(behind)) if behind.size else 1.0
+        i0 = exp.detector_per_mm2 * view.spacing**2 / max(level, 1e-4)
+    else:
+        i0 = levels.i0
+    counts = np.float32(i0) * signal
     # quantum (Poisson, Gaussian approximation) and electronic noise in one draw
-    counts += np.sqrt(counts + exp.electronic**2) * rng.standard_normal((h, w),
-                                                                         dtype=np.float32)
-    p = -np.log(np.maximum(counts, 1.0) / i0, dtype=np.float32)
-    detail = p - _smooth(p, 2.5 / view.spacing)
-    low = _smooth(p, 25.0 / view.spacing)
-    p = p + exp.usm * detail - exp.drc * (low - float(low.mean()))
-    sample = p[::4, ::4]
-    lo = float(np.percentile(sample, 0.5))
-    hi = float(np.percentile(sample, 99.8))
-    x = np.clip((p - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
-    return np.power(x, exp.gamma, dtype=np.float32)
+    counts += np.sqrt(counts + np.float32(exp.electronic**2)) * fields.noise
+    np.maximum(counts, 1.0, out=counts)
+    p = np.log(counts, out=counts)
+    np.subtract(np.float32(np.log(i0)), p, out=p)
+    if levels is None:
+        lo, hi = np.percentile(sample(p), [exp.black, 99.8])
+        ceiling = float(hi + 0.15 * (hi - lo))
+    else:
+        ceiling = levels.ceiling
+    # what lies past the field's range (shutters, metal, lead) bypasses the processing, so it
+    # stays white and rings only as much as the field's own edges
+    excess = np.maximum(p - np.float32(ceiling), 0.0)
+    np.minimum(p, np.float32(ceiling), out=p)
+    detail = p - _smooth(p, exp.usm_mm / view.spacing)
+    p += np.float32(exp.usm) * detail
+    low_scale = 25.0 / view.spacing
+    if beam.field is not None:  # the field's own low frequencies, not the shutters'
+        weight = _smooth(beam.field, low_scale)
+        low = _smooth(p * beam.field, low_scale) / np.maximum(weight, 1e-3)
+    else:
+        low = _smooth(p, low_scale)
+    low_mean = float(np.mean(sample(low))) if levels is None else levels.low_mean
+    low -= np.float32(low_mean)
+    low *= np.float32(exp.drc)
+    if beam.field is not None:
+        low *= beam.field
+    p -= low
+    if levels is None:
+        lo, hi = np.percentile(sample(p), [exp.black, 99.8])
+    else:
+        lo, hi = levels.lo, levels.hi
+    p += excess
+    x = np.clip((p - np.float32(lo)) / np.float32(max(hi - lo, 1e-3)), 0.0, 1.0)
+    ref = _body_median(sample(x)) if levels is None else levels.ref
+    x = _tone(x, ref, exp)
+    if beam.shutter is not None:
+        x *= beam.shutter
+    return x, Levels(float(i0), ceiling, low_mean, float(lo), float(hi), ref)
+
+
+def _body_median(values: np.ndarray) -> float:
+    """Median of the values above their Otsu threshold: the patient, not the air around."""
+    hist, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    weight = np.cumsum(hist).astype(np.float64)
+    total = weight[-1]
+    mean = np.cumsum(hist * (edges[:-1] + edges[1:]) / 2.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean[-1] * weight / total - mean) ** 2 / (weight * (total - weight))
+    cut = edges[int(np.nanargmax(between[:-1])) + 1] if total > 0 else 0.0
+    body = values[values > cut]
+    return float(np.median(body)) if body.size else 0.5
+
+
+def _tone(x: np.ndarray, ref: float, exp: Exposure) -> np.ndarray:
+    """The tone curve, from [0, 1] onto [0, 1], taking ``ref`` (the median of the patient
+    in the field) to ``midgrey``."""
+    ref = float(np.clip(ref, 0.05, 0.95))
+    if exp.tone == "sigmoid":  # film-like: steepest at the reference
+        k = np.float32(exp.slope)
+        lo, hi = np.tanh(-k * ref), np.tanh(k * (1.0 - ref))
+        x = (np.tanh(k * (x - np.float32(ref))) - np.float32(lo)) / np.float32(hi - lo)
+        ref = float(-lo / (hi - lo))
+    gamma = float(np.clip(np.log(exp.midgrey) / np.log(max(ref, 1e-3)), 0.4, 4.0))
+    return np.power(x, np.float32(gamma), dtype=np.float32)
 
 
 def quantise(img01: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
@@ -161,24 +300,15 @@ def quantise(img01: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarr
     return np.round(floor + img01 * span).astype(np.uint16)
 
 
-def burn_text(pixels: np.ndarray, text: str, value: int, rng: np.random.Generator) -> None:
-    """Burn a text label (display white) into the bottom of the image, in place."""
-    h, w = pixels.shape
-    scale = h / 900.0
-    thick = max(1, int(round(h / 400.0)))
-    (tw, th), _ = cv2.getTextSize(text, _FONT, scale, thick)
-    x = int(rng.uniform(0.03, 0.08) * w) if rng.random() < 0.6 else max(w - tw - int(0.04 * w), 0)
-    y = h - int(rng.uniform(0.03, 0.07) * h)
-    mask = np.zeros((h, w), dtype=np.uint8)
-    cv2.putText(mask, text, (x, y), _FONT, scale, 255, thick, cv2.LINE_AA)
-    alpha = mask.astype(np.float32) / 255.0
-    blended = pixels * (1.0 - alpha) + float(value) * alpha
-    pixels[...] = np.round(blended).astype(pixels.dtype)
+def window(pixels: np.ndarray, field: np.ndarray | None = None) -> tuple[float, float]:
+    """Window centre and width covering the 1st-99.5th percentile of stored values.
 
-
-def window(pixels: np.ndarray) -> tuple[float, float]:
-    """Window centre and width covering the 1st-99.5th percentile of stored values."""
+    With ``field`` (a boolean mask) only those pixels count: the exposed field off metal,
+    so collimated borders, implants and burned-in text fall outside the window.
+    """
     sample = pixels[::3, ::3]
+    if field is not None and field[::3, ::3].sum() >= 16:
+        sample = sample[field[::3, ::3]]
     lo = float(np.percentile(sample, 1.0))
     hi = float(np.percentile(sample, 99.5))
     return round((lo + hi) / 2.0, 1), round(max(hi - lo, 2.0) * 1.05, 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -10,10 +9,12 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from ._artifacts import ViewArtifacts, view_artifacts
 from ._fracture import FracturePlan, Site, apply_fractures, site_visible
 from ._geometry import Solid, View
 from ._hip import build_hip, hip_fracture, hip_views, ramus_fracture
-from ._imaging import burn_text, expose, lead_marker, make_view, quantise, sample_exposure, window
+from ._imaging import Beam, draw_fields, expose, make_view, quantise, sample_exposure, window
+from ._implants import StudyHardware, plan_hardware
 from ._phantom import Phantom, ViewSpec
 from ._scene import Group, render
 from ._wrist import build_wrist, radius_fracture, styloid_fracture, wrist_views
@@ -189,11 +190,13 @@ def _site_record(site: Site, view: View, intact: list[Group], size: int,
 
 
 def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int = 512,
-                 fractures: bool = True) -> SynthStudy:
+                 fractures: bool = True, artifacts: bool = True) -> SynthStudy:
     """Render study ``index`` of the set with ``seed`` (deterministic, no files written).
 
     With ``fractures=False`` the same study is rendered with its bones intact (same pose,
-    noise and labels): a counterfactual for tests and explanation benchmarks.
+    noise, artifacts and labels): a counterfactual for tests and explanation benchmarks.
+    With ``artifacts=False`` the images are clean: no collimation, markers, text, rulers,
+    grid lines, implants or casts (the anatomy, exposure and noise stay the same).
     """
     if anatomy not in ("hip", "wrist", "mixed"):
         raise ValueError(f"anatomy must be 'hip', 'wrist' or 'mixed', got {anatomy!r}")
@@ -201,8 +204,10 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
         raise ValueError(f"seed and index must be >= 0, got {seed}, {index}")
     if size < 64:
         raise ValueError(f"size must be at least 64 pixels, got {size}")
-    streams = np.random.SeedSequence([seed, index]).spawn(5)
-    r_meta, r_phantom, r_frac, r_views, r_image = (np.random.default_rng(s) for s in streams)
+    # the sixth stream draws the artifacts: nothing about them depends on the label
+    streams = np.random.SeedSequence([seed, index]).spawn(6)
+    r_meta, r_phantom, r_frac, r_views, r_image, r_art = (
+        np.random.default_rng(s) for s in streams)
 
     kind: Literal["hip", "wrist"] = (
         anatomy if anatomy != "mixed" else ("hip" if r_meta.random() < 0.5 else "wrist"))
@@ -211,7 +216,7 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
     modality: Literal["CR", "DX"] = "CR" if r_meta.random() < 0.5 else "DX"
     photometric = "MONOCHROME1" if r_meta.random() < 0.4 else "MONOCHROME2"
     bits = int(r_meta.choice([12, 14]) if modality == "CR" else r_meta.choice([12, 14, 15, 16]))
-    burned = bool(r_meta.random() < 0.4)
+    r_meta.random()  # was the burned-in text decision, now drawn with the artifacts
     sex = "F" if r_meta.random() < (0.7 if kind == "hip" else 0.6) else "M"
     age = int(np.clip(r_meta.normal(78, 9) if kind == "hip" else r_meta.normal(55, 18), 18, 99))
     study_date = dt.date(2016, 1, 1) + dt.timedelta(days=int(r_meta.integers(0, 3300)))
@@ -237,6 +242,7 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
     plans = _sample_plans(ph, specs, r_frac) if positive else []
     broken, sites = apply_fractures(ph, plans)
     groups = broken if fractures else ph.groups
+    hardware = plan_hardware(ph, r_art) if artifacts else StudyHardware()
 
     study = SynthStudy(seed, index, kind, side, modality, photometric, patient, study_date,
                        study_time, description.format(v="", s="").strip(), body_part)
@@ -244,29 +250,41 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
     study.description = description.format(v="", s=side_word).replace("  ", " ").strip()
     for number, spec in enumerate(specs):
         view = make_view(spec, size, r_views)
-        plain, trab = render(groups, view)
-        marker = (lead_marker(view.shape, view.spacing, side, r_image)
-                  if r_image.random() < 0.85 else None)
-        exposure = sample_exposure(r_image, kind, bits)
-        r_twin = copy.deepcopy(r_image)  # the same noise, for the intact counterfactual
-        img01 = expose(plain, trab, view, exposure, r_image, marker)
-        pair: tuple[np.ndarray, np.ndarray] | None = None  # (broken, intact) renderings
         if sites:
-            # only the groups a fracture changed are rendered again, for the twin image
+            # the groups a fracture changed are rendered broken and intact, the rest once:
+            # the twin image shares the texture, noise, artifacts and levels (set on the
+            # intact image) of the image itself, so the two differ only around the fracture
+            same = [g for g in ph.groups if any(g is b for b in broken)]
             before = [g for g in ph.groups if not any(g is b for b in broken)]
             after = [g for g in broken if not any(g is o for o in ph.groups)]
+            p_same, t_same = render(same, view)
             p_before, t_before = render(before, view)
             p_after, t_after = render(after, view)
-            sign = -1.0 if fractures else 1.0
-            twin = expose(plain + sign * (p_after - p_before), trab + sign * (t_after - t_before),
-                          view, exposure, r_twin, marker)
-            pair = (img01, twin) if fractures else (twin, img01)
+            intact_lines = (p_same + p_before, t_same + t_before)
+            broken_lines = (p_same + p_after, t_same + t_after)
+        else:
+            plain, trab = render(groups, view)
+        exposure = sample_exposure(r_image, kind, bits, ph.params.get("habitus", 1.0))
+        fields = draw_fields(view.shape, view.spacing, r_image)
+        arts: ViewArtifacts | None = None
+        if artifacts:
+            labels = {"side": side, "position": spec.position or "OBL",
+                      "date": study_date.strftime("%d.%m.%Y"), "patient_id": patient["id"]}
+            arts = view_artifacts(view, hardware, _roi_box(ph.groups, ph, view, size), labels,
+                                  r_art)
+        beam = arts.beam if arts is not None else Beam()
+        pair: tuple[np.ndarray, np.ndarray] | None = None  # (broken, intact) renderings
+        if sites:
+            intact01, levels = expose(*intact_lines, view, exposure, fields, beam)
+            broken01, _ = expose(*broken_lines, view, exposure, fields, beam, levels)
+            pair = (broken01, intact01)
+            img01 = broken01 if fractures else intact01
+        else:
+            img01, _ = expose(plain, trab, view, exposure, fields, beam)
         pixels = quantise(img01, bits, r_image)
         top = (1 << bits) - 1
-        text = None
-        if burned:
-            text = f"{side} {spec.position or 'OBL'} {study_date.strftime('%d.%m.%Y')}"
-            burn_text(pixels, text, int(top * 0.98), r_image)
+        if arts is not None:
+            arts.burn(pixels, top)
         if photometric == "MONOCHROME1":
             pixels = (top - pixels.astype(np.int32)).astype(np.uint16)
         site_records = [_site_record(s, view, ph.groups, size, pair) for s in sites]
@@ -274,12 +292,16 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
         primary = plans[0] if plans else None
         record = _record(study, spec, view, size, site_records, visible, primary,
                          _roi_box(groups, ph, view, size))
+        record["artifacts"] = arts.records if arts is not None else []
+        record["exposed_field"] = (arts.exposed_field if arts is not None
+                                   else [0.0, 0.0, size - 1.0, size - 1.0])
         orientation = (_orientation_letters(view.eu), _orientation_letters(view.ev))
         view_name = spec.position or "OBL"
         desc = description.format(v=view_name, s=side_word)
+        burned = " | ".join(arts.annotation) if arts is not None and arts.annotation else None
         study.views.append(SynthView(pixels, record, spec.position, orientation,
-                                     window(pixels), bits, text, f"{desc} (synthetic)",
-                                     number + 1))
+                                     window(pixels, arts.window_mask if arts else None), bits,
+                                     burned, f"{desc} (synthetic)", number + 1))
     return study
 
 

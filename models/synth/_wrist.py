@@ -87,7 +87,7 @@ def build_wrist(rng: np.random.Generator) -> Phantom:
     pose = rotation((1, 0, 0), rng.uniform(-12.0, 12.0)) @ rotation((0, 1, 0),
                                                                    rng.uniform(-10.0, 10.0))
     hand = [g.moved(pose, pivot - pose @ pivot) for g in (*carpals, *mcs)]
-    soft = _soft_tissue(rng, s, pose, pivot)
+    soft, habitus = _soft_tissue(rng, s, pose, pivot)
     marks = {
         "origin": np.zeros(3), "n_art": n_art, "radius_axis": unit(r_shaft.affine[:, 2]),
         "ulna_styloid_a": u_sty.center + u_sty.affine[:, 2],
@@ -96,12 +96,14 @@ def build_wrist(rng: np.random.Generator) -> Phantom:
     }
     groups = [soft, radius, ulna, *hand]
     return Phantom("wrist", "R", groups, marks, (("radius", "metaphysis"), ("radius", "styloid")),
-                   {"scale": float(s)})
+                   {"scale": float(s), "habitus": habitus})
 
 
 def _soft_tissue(rng: np.random.Generator, s: float, pose: np.ndarray,
-                 pivot: np.ndarray) -> Group:
-    size = rng.uniform(0.85, 1.25) * s
+                 pivot: np.ndarray) -> tuple[Group, float]:
+    """Forearm, wrist and hand; the returned habitus (soft-tissue scale) spans thin to obese."""
+    habitus = float(rng.uniform(0.8, 1.45))
+    size = habitus * s
     forearm = cylinder([4.0, 1.5, 20.0], [6.0, 1.5, 240.0], (31.0 * size, 21.0 * size))
     wrist = ellipsoid([4.0, 1.5, 20.0], (31.0 * size, 21.0 * size, 46.0 * size))
     palm = ellipsoid([3.0, -1.0, -62.0], (44.0 * size, 16.5 * size, 76.0 * size))
@@ -110,7 +112,7 @@ def _soft_tissue(rng: np.random.Generator, s: float, pose: np.ndarray,
     parts = [Part("forearm", forearm), Part("wrist", wrist)] + [
         Part(n, o.moved(pose, pivot - pose @ pivot)) for n, o in (("palm", palm),
                                                                   ("thenar", thenar))]
-    return Group("soft", "soft", tuple(parts), MU_SOFT, textured=False)
+    return Group("soft", "soft", tuple(parts), MU_SOFT, textured=False), habitus
 
 
 def wrist_views(ph: Phantom, rng: np.random.Generator) -> list[ViewSpec]:
