@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 
 from ._geometry import View
-from ._imaging import Beam
-from ._implants import StudyHardware
+from ._imaging import DENSE, Beam
+from ._implants import StudyHardware, plan_hardware
+from ._phantom import Phantom
 from ._scene import render
 
 KINDS = ("collimator", "marker", "text", "ruler", "hardware", "cast", "grid")
@@ -31,7 +32,6 @@ TEXT_RATE = 0.55
 RULER_RATE = 0.12
 GRID_RATE = 0.15
 EDGE_BAND = 0.03  # a collimator box reaches this fraction of the image inside the shutter edge
-DENSE = 0.5  # line integral above which an object counts as metal or lead
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_PLAIN,
           cv2.FONT_HERSHEY_COMPLEX_SMALL)
 _SIDES = ("left", "top", "right", "bottom")
@@ -96,6 +96,40 @@ def _mask_box(mask: np.ndarray, offset: tuple[int, int], shape: tuple[int, int],
     return _box(ox + cols[0], oy + rows[0], ox + cols[-1], oy + rows[-1], shape, pad)
 
 
+@dataclass(frozen=True)
+class Marker:
+    """The lead side marker of a study: the same letter, initials and holder in every view."""
+
+    side: str
+    initials: str | None
+    height_mm: float
+    font: int
+    lead: float
+    holder: float
+    mirrored: bool
+
+
+@dataclass(frozen=True)
+class StudyArtifacts:
+    """What a study carries into every view: its implants and cast, its side marker."""
+
+    hardware: StudyHardware
+    marker: Marker
+
+
+def plan_study(ph: Phantom, rng: np.random.Generator) -> StudyArtifacts:
+    """Draw the study-level artifacts (from the study's artifact stream only)."""
+    hardware = plan_hardware(ph, rng)
+    initials = None
+    if rng.random() < INITIALS_RATE:
+        initials = "".join(chr(int(c)) for c in rng.integers(65, 91, 2))
+    marker = Marker(ph.side, initials, float(rng.uniform(4.0, 10.0)),
+                    int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX])),
+                    float(rng.uniform(2.5, 5.0)), float(rng.uniform(0.06, 0.15)),
+                    bool(rng.random() < 0.2))
+    return StudyArtifacts(hardware, marker)
+
+
 @dataclass
 class _Layers:
     """Accumulators: metal/lead and light objects in the beam, and the manifest entries."""
@@ -110,7 +144,7 @@ class _Layers:
             self.records.append({"kind": kind, "box": box})
 
 
-def view_artifacts(view: View, hardware: StudyHardware, roi: list[float], labels: dict[str, str],
+def view_artifacts(view: View, study: StudyArtifacts, roi: list[float], labels: dict[str, str],
                    rng: np.random.Generator) -> ViewArtifacts:
     """Draw and render the artifacts of one view.
 
@@ -125,11 +159,11 @@ def view_artifacts(view: View, hardware: StudyHardware, roi: list[float], labels
     inside = dist >= 0.0 if dist is not None else None
     exposed = _mask_box(inside, (0, 0), shape, 0.0) if inside is not None else None
     exposed = exposed or [0.0, 0.0, w - 1.0, h - 1.0]
-    _implants(view, hardware, layers)
-    _cast(view, hardware, layers, rng)
+    _implants(view, study.hardware, layers)
+    _cast(view, study.hardware, layers, rng)
     annotation: list[str] = []
     if rng.random() < MARKER_RATE:
-        _marker(view, labels["side"], exposed, layers, rng, annotation)
+        _marker(view, study.marker, exposed, layers, rng, annotation)
     if rng.random() < RULER_RATE:
         _ruler(view, exposed, layers, rng, annotation)
     grid = None
@@ -145,9 +179,8 @@ def view_artifacts(view: View, hardware: StudyHardware, roi: list[float], labels
                 texts.append(text)
                 layers.add("text", box)
                 annotation.extend(text.lines)
-    dense = layers.dense > DENSE
     extra = layers.dense + layers.light
-    window_mask = ~dense
+    window_mask = layers.dense <= DENSE
     if transmission is not None:
         window_mask &= transmission > 0.9
     for t in texts:
@@ -155,7 +188,8 @@ def view_artifacts(view: View, hardware: StudyHardware, roi: list[float], labels
         if box is not None:
             x0, y0, x1, y1 = (int(v) for v in box)
             window_mask[y0:y1 + 1, x0:x1 + 1] = False
-    beam = Beam(extra=extra if extra.any() else None, dense=dense if dense.any() else None,
+    metal = layers.dense if layers.dense.any() else None
+    beam = Beam(extra=extra if extra.any() else None, metal=metal,
                 field=transmission, grid=grid, shutter=shutter)
     return ViewArtifacts(beam, layers.records, exposed, texts, annotation, window_mask)
 
@@ -337,29 +371,25 @@ def _inside_point(box: list[float], half: float, rng: np.random.Generator,
     return x, y
 
 
-def _marker(view: View, side: str, exposed: list[float], layers: _Layers,
+def _marker(view: View, marker: Marker, exposed: list[float], layers: _Layers,
             rng: np.random.Generator, annotation: list[str]) -> None:
-    """A lead "L"/"R" in a plastic holder anywhere in the field, maybe with initials."""
-    height = float(rng.uniform(4.0, 10.0)) / view.spacing
-    font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX]))
+    """The study's lead marker in its plastic holder, anywhere in the field, often near an
+    edge, turned a little (sometimes on its side)."""
+    height = marker.height_mm / view.spacing
     scale = height / 22.0
     thick = max(1, int(round(height / 6.5)))
-    lines = [side]
-    initials = None
-    if rng.random() < INITIALS_RATE:
-        initials = "".join(chr(int(c)) for c in rng.integers(65, 91, 2))
-        lines = [f"{side} {initials}"]
+    text = marker.side if marker.initials is None else f"{marker.side} {marker.initials}"
     pad = max(1, int(round(0.3 * height)))
-    mask = _text_mask(lines, font, scale, thick, 0, pad)
-    lead = (float(rng.uniform(2.5, 5.0)) / 255.0) * mask.astype(np.float32)
-    holder = np.full(mask.shape, np.float32(rng.uniform(0.06, 0.15)))
-    if rng.random() < 0.2:  # placed face down: the letter reads mirrored
-        lead, holder = lead[:, ::-1].copy(), holder[:, ::-1].copy()
+    mask = _text_mask([text], marker.font, scale, thick, 0, pad)
+    lead = (marker.lead / 255.0) * mask.astype(np.float32)
+    holder = np.full(mask.shape, np.float32(marker.holder))
+    if marker.mirrored:  # placed face down: the letters read mirrored
+        lead = lead[:, ::-1].copy()
     angle = float(rng.normal(0.0, 12.0)) + (90.0 if rng.random() < 0.1 else 0.0)
     half = 0.5 * float(np.hypot(*mask.shape))
     centre = _inside_point(exposed, half, rng, near_edge=bool(rng.random() < 0.6))
-    if _stamp(layers, "marker", lead, holder, centre, angle) and initials:
-        annotation.append(initials)
+    if _stamp(layers, "marker", lead, holder, centre, angle) and marker.initials:
+        annotation.append(marker.initials)
 
 
 def _ruler(view: View, exposed: list[float], layers: _Layers, rng: np.random.Generator,

@@ -143,29 +143,32 @@ def draw_fields(shape: tuple[int, int], spacing: float,
 class Beam:
     """What lies in the beam besides the patient, identical in both images of a twin pair.
 
-    ``extra`` is a line integral added to the patient's (markers, rulers, implants, casts);
-    ``dense`` marks metal and lead, left out of exposure recognition; ``field`` is the
-    collimator transmission (1 in the exposed field); ``grid`` multiplies the primary (grid
-    lines); ``shutter`` is 1 in the field and 0 where an electronic shutter blacks it out.
+    ``extra`` is a line integral added to the patient's (markers, rulers, implants, casts)
+    and ``metal`` the part of it that is metal or lead: it also stops the scatter from
+    above it, and where it exceeds ``DENSE`` exposure recognition ignores it. ``field`` is
+    the collimator transmission (1 in the exposed field); ``grid`` multiplies the primary
+    (grid lines); ``shutter`` is 1 in the field and 0 where an electronic shutter blacks
+    it out.
     """
 
     extra: np.ndarray | None = None
-    dense: np.ndarray | None = None
+    metal: np.ndarray | None = None
     field: np.ndarray | None = None
     grid: np.ndarray | None = None
     shutter: np.ndarray | None = None
 
 
+DENSE = 0.5  # line integral of metal or lead above which a pixel is left out of the levels
 _NO_BEAM = Beam()
 
 
-def _field_sample(beam: Beam, shape: tuple[int, int]) -> np.ndarray | None:
+def _field_sample(beam: Beam) -> np.ndarray | None:
     """Mask of the 4x-subsampled pixels inside the exposed field and off metal, or None."""
     mask = None
     if beam.field is not None:
         mask = beam.field[::4, ::4] > 0.9
-    if beam.dense is not None:
-        off = ~beam.dense[::4, ::4]
+    if beam.metal is not None:
+        off = beam.metal[::4, ::4] <= DENSE
         mask = off if mask is None else mask & off
     if mask is not None and mask.sum() < 16:
         return None
@@ -208,9 +211,15 @@ def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
     if beam.field is not None:
         primary *= beam.field
     primary = cv2.GaussianBlur(primary, (0, 0), 0.55)
-    # scatter from the irradiated volume reaches past the shutters: the glow at their edges
-    signal = primary + np.float32(exp.scatter) * _smooth(primary, 30.0 / view.spacing)
-    sample_mask = _field_sample(beam, (h, w))
+    # scatter from the irradiated volume reaches past the shutters (the glow at their edges),
+    # fading within a centimetre or two as the grid and the shutters' shadow cut it off
+    scatter = _smooth(primary, 30.0 / view.spacing)
+    if beam.field is not None:
+        scatter *= 0.15 + 0.85 * _smooth(beam.field, 6.0 / view.spacing)
+    if beam.metal is not None:  # metal stops the scatter from above it (half of it)
+        scatter *= np.exp(-0.5 * beam.metal)
+    signal = primary + np.float32(exp.scatter) * scatter
+    sample_mask = _field_sample(beam)
 
     def sample(img: np.ndarray) -> np.ndarray:
         small = img[::4, ::4]

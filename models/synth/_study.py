@@ -9,12 +9,11 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from ._artifacts import ViewArtifacts, view_artifacts
+from ._artifacts import StudyArtifacts, ViewArtifacts, plan_study, view_artifacts
 from ._fracture import FracturePlan, Site, apply_fractures, site_visible
 from ._geometry import Solid, View
 from ._hip import build_hip, hip_fracture, hip_views, ramus_fracture
 from ._imaging import Beam, draw_fields, expose, make_view, quantise, sample_exposure, window
-from ._implants import StudyHardware, plan_hardware
 from ._phantom import Phantom, ViewSpec
 from ._scene import Group, render
 from ._wrist import build_wrist, radius_fracture, styloid_fracture, wrist_views
@@ -242,7 +241,7 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
     plans = _sample_plans(ph, specs, r_frac) if positive else []
     broken, sites = apply_fractures(ph, plans)
     groups = broken if fractures else ph.groups
-    hardware = plan_hardware(ph, r_art) if artifacts else StudyHardware()
+    carried: StudyArtifacts | None = plan_study(ph, r_art) if artifacts else None
 
     study = SynthStudy(seed, index, kind, side, modality, photometric, patient, study_date,
                        study_time, description.format(v="", s="").strip(), body_part)
@@ -267,10 +266,10 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
         exposure = sample_exposure(r_image, kind, bits, ph.params.get("habitus", 1.0))
         fields = draw_fields(view.shape, view.spacing, r_image)
         arts: ViewArtifacts | None = None
-        if artifacts:
+        if carried is not None:
             labels = {"side": side, "position": spec.position or "OBL",
                       "date": study_date.strftime("%d.%m.%Y"), "patient_id": patient["id"]}
-            arts = view_artifacts(view, hardware, _roi_box(ph.groups, ph, view, size), labels,
+            arts = view_artifacts(view, carried, _roi_box(ph.groups, ph, view, size), labels,
                                   r_art)
         beam = arts.beam if arts is not None else Beam()
         pair: tuple[np.ndarray, np.ndarray] | None = None  # (broken, intact) renderings

@@ -247,3 +247,168 @@ def test_visibility_needs_a_fracture_that_stands_out_of_the_noise() -> None:
     lucent = img.copy()
     lucent[40:50, 30:60] -= 0.1
     assert site_conspicuity(lucent, img, [30, 30, 60, 60]) > 3.0
+
+
+# --- the artifacts of real films (collimation, markers, text, rulers, implants, casts, grid) --
+
+ART_SEED = 21  # 60 studies at 128 px: every artifact kind, both labels, both photometrics
+ART_STUDIES = 60
+KINDS = {"collimator", "marker", "text", "ruler", "hardware", "cast", "grid"}
+
+
+@pytest.fixture(scope="module")
+def artifact_studies() -> list[Any]:
+    return [render_study(ART_SEED, i, size=128) for i in range(ART_STUDIES)]
+
+
+def _display(pixels: np.ndarray, center: float, width: float, photometric: str) -> np.ndarray:
+    """What a viewer shows: the DICOM window, MONOCHROME1 inverted; 1 is white."""
+    shown = np.clip((pixels.astype(np.float64) - (center - width / 2.0)) / width, 0.0, 1.0)
+    return 1.0 - shown if photometric == "MONOCHROME1" else shown
+
+
+def _outer_line(img: np.ndarray, box: list[float]) -> np.ndarray:
+    """The image border line a collimator strip box lies against (its far side)."""
+    h, w = img.shape
+    x0, y0, x1, y1 = box
+    if y1 - y0 >= h - 1 and x0 == 0:
+        return img[:, 0]
+    if y1 - y0 >= h - 1:
+        return img[:, w - 1]
+    return img[0, :] if y0 == 0 else img[h - 1, :]
+
+
+def test_every_artifact_kind_occurs_with_boxes_in_the_image(artifact_studies) -> None:
+    seen: set[str] = set()
+    for study in artifact_studies:
+        for v in study.views:
+            rec = v.record
+            h, w = rec["rows"], rec["columns"]
+            for box in [rec["exposed_field"]] + [a["box"] for a in rec["artifacts"]]:
+                assert 0 <= box[0] <= box[2] <= w - 1 and 0 <= box[1] <= box[3] <= h - 1, box
+            for a in rec["artifacts"]:
+                assert set(a) == {"kind", "box"} and a["kind"] in KINDS
+                seen.add(a["kind"])
+                if a["kind"] == "grid":
+                    assert a["box"] == [0.0, 0.0, w - 1.0, h - 1.0]
+                if a["kind"] == "collimator":  # a strip along one image border
+                    x0, y0, x1, y1 = a["box"]
+                    assert (x1 - x0 >= w - 1) or (y1 - y0 >= h - 1)
+            ex0, ey0, ex1, ey1 = rec["exposed_field"]
+            if not any(a["kind"] == "collimator" for a in rec["artifacts"]):
+                assert rec["exposed_field"] == [0.0, 0.0, w - 1.0, h - 1.0]
+            else:
+                assert (ex1 - ex0 + 1) * (ey1 - ey0 + 1) < h * w
+    assert seen == KINDS
+
+
+def test_artifacts_do_not_depend_on_the_label(artifact_studies) -> None:
+    """Per kind, the share of studies showing it differs between normal and fractured
+    studies by less than 3 standard errors (two-proportion z), and no kind is absent from
+    either group when it is common."""
+    groups: dict[int, list[set[str]]] = {0: [], 1: []}
+    for study in artifact_studies:
+        kinds = {a["kind"] for v in study.views for a in v.record["artifacts"]}
+        groups[study.views[0].record["study_label"]].append(kinds)
+    n0, n1 = len(groups[0]), len(groups[1])
+    assert min(n0, n1) >= 20
+    for kind in KINDS:
+        k0 = sum(kind in s for s in groups[0])
+        k1 = sum(kind in s for s in groups[1])
+        pooled = (k0 + k1) / (n0 + n1)
+        se = np.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / n0 + 1 / n1))
+        assert abs(k0 / n0 - k1 / n1) < 3 * se + 1e-9, (kind, k0, n0, k1, n1)
+
+
+def test_the_intact_counterfactual_and_clean_sets() -> None:
+    """`fractures=False` renders the same artifacts; `artifacts=False` none at all, with
+    the same anatomy, labels and noise."""
+    for index in (0, 2, 4):  # seed 21: fractured studies with markers, text, collimation
+        broken = render_study(ART_SEED, index, size=128)
+        assert broken.views[0].record["study_label"] == 1
+        intact = render_study(ART_SEED, index, size=128, fractures=False)
+        clean = render_study(ART_SEED, index, size=128, artifacts=False)
+        for b, i, c in zip(broken.views, intact.views, clean.views, strict=True):
+            assert b.record["artifacts"] == i.record["artifacts"] and b.record["artifacts"]
+            assert b.record["exposed_field"] == i.record["exposed_field"]
+            assert b.burned_text == i.burned_text
+            assert c.record["artifacts"] == [] and c.burned_text is None
+            assert c.record["exposed_field"] == [0.0, 0.0, 127.0, 127.0]
+            assert c.record["fracture_sites"][0]["type"] == b.record["fracture_sites"][0]["type"]
+
+
+def test_collimated_borders_are_white_in_both_photometric_files(tmp_path: Path) -> None:
+    """Read back as a viewer shows them (window, MONOCHROME1 inverted), unexposed borders
+    are white (bone-bright) or, where the system masks them, black. Scatter from the field
+    may still grey a narrow border next to thin tissue; most are fully white."""
+    generate_dataset(tmp_path, studies=12, seed=ART_SEED, size=128)
+    white: dict[str, list[float]] = {"MONOCHROME1": [], "MONOCHROME2": []}
+    black = 0
+    for e in read_manifest(tmp_path):
+        ds = pydicom.dcmread(tmp_path / e["path"])
+        img = _display(ds.pixel_array, float(ds.WindowCenter), float(ds.WindowWidth),
+                       ds.PhotometricInterpretation)
+        x0, y0, x1, y1 = (int(v) for v in e["exposed_field"])
+        field = float(np.median(img[y0:y1 + 1, x0:x1 + 1]))
+        for a in e["artifacts"]:
+            if a["kind"] != "collimator":
+                continue
+            border = float(np.median(_outer_line(img, a["box"])))
+            if border <= 0.1:  # an electronic shutter
+                black += 1
+                continue
+            assert border > max(field, 0.6), (e["path"], a, border, field)
+            white[ds.PhotometricInterpretation].append(border)
+    for borders in white.values():
+        assert len(borders) >= 2 and np.mean(np.asarray(borders) >= 0.9) >= 0.85
+    assert black < sum(len(b) for b in white.values())
+
+
+def _roi_spread(view: Any, photometric: str, box: list[float]) -> float:
+    """5th-95th percentile spread of the ROI box as displayed."""
+    x0, y0, x1, y1 = (int(round(t)) for t in box)
+    roi = _display(view.pixels, *view.window, photometric)[y0:y1 + 1, x0:x1 + 1]
+    return float(np.percentile(roi, 95) - np.percentile(roi, 5))
+
+
+def test_the_window_keeps_the_anatomy_contrast(artifact_studies) -> None:
+    """The window is set on the exposed field: the ROI's contrast on display stays within
+    reach of the same view rendered clean (white borders do not widen the window)."""
+    ratios = []
+    for study in artifact_studies[:24]:
+        clean = render_study(ART_SEED, study.index, size=128, artifacts=False)
+        for v, c in zip(study.views, clean.views, strict=True):
+            if any(a["kind"] in ("hardware", "cast") for a in v.record["artifacts"]):
+                continue
+            box = v.record["roi_box"]
+            spread, clean_spread = (_roi_spread(w, study.photometric, box) for w in (v, c))
+            ratios.append(spread / max(clean_spread, 1e-6))
+            assert spread > 0.2
+    assert np.median(ratios) > 0.85
+
+
+def test_hardware_saturates_and_burned_in_annotation_is_declared(artifact_studies) -> None:
+    hardware = 0
+    for study in artifact_studies:
+        for v in study.views:
+            top = (1 << v.bits) - 1
+            bright = (top - v.pixels.astype(np.int64) if study.photometric == "MONOCHROME1"
+                      else v.pixels.astype(np.int64))
+            untexted = np.ones(bright.shape, dtype=bool)  # burned-in text may be whiter
+            for a in v.record["artifacts"]:
+                if a["kind"] == "text":
+                    x0, y0, x1, y1 = (int(round(t)) for t in a["box"])
+                    untexted[y0:y1 + 1, x0:x1 + 1] = False
+            ceiling = bright[untexted].max()
+            for a in v.record["artifacts"]:
+                if a["kind"] == "hardware":
+                    x0, y0, x1, y1 = (int(round(t)) for t in a["box"])
+                    inside = bright[y0:y1 + 1, x0:x1 + 1]
+                    hardware += 1
+                    # metal sits at the top of the stored range, shown white
+                    assert (inside >= ceiling - 1).sum() >= 3, (study.index, a)
+                    shown = _display(v.pixels, *v.window, study.photometric)
+                    assert shown[y0:y1 + 1, x0:x1 + 1].max() >= 0.95  # the window's 5 % margin
+            if any(a["kind"] == "text" for a in v.record["artifacts"]):
+                assert v.burned_text
+    assert hardware >= 5
