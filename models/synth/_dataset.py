@@ -50,9 +50,10 @@ def _check(studies: int, seed: int, anatomy: str, size: int, workers: int) -> No
         raise ValueError(f"anatomy must be 'hip', 'wrist' or 'mixed', got {anatomy!r}")
 
 
-def _one(job: tuple[Path, int, int, Anatomy, int]) -> list[dict[str, Any]]:
-    root, seed, index, anatomy, size = job
-    return write_study(render_study(seed, index, anatomy=anatomy, size=size), root)
+def _one(job: tuple[Path, int, int, Anatomy, int, bool]) -> list[dict[str, Any]]:
+    root, seed, index, anatomy, size, artifacts = job
+    study = render_study(seed, index, anatomy=anatomy, size=size, artifacts=artifacts)
+    return write_study(study, root)
 
 
 def _init_worker() -> None:
@@ -60,20 +61,25 @@ def _init_worker() -> None:
 
 
 def generate_dataset(out_dir: Path, *, studies: int, seed: int, anatomy: Anatomy = "mixed",
-                     size: int = 512, workers: int = 1,
+                     size: int = 512, workers: int = 1, artifacts: bool = True,
                      progress: Callable[[int, int], None] | None = None) -> SynthSummary:
     """Write ``studies`` synthetic studies (DICOM) and their ground truth under ``out_dir``.
 
     Files go to ``out_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``;
-    ``out_dir/manifest.jsonl`` lists one JSON object per view in study order. The same
-    ``(seed, studies, anatomy, size)`` gives byte-identical files for any ``workers``.
+    ``out_dir/manifest.jsonl`` lists one JSON object per view in study order, with the
+    boxes of its ``artifacts`` and its ``exposed_field``. ``artifacts=False`` writes clean
+    images (no collimation, markers, text, rulers, grid lines, implants or casts). The same
+    ``(seed, studies, anatomy, size, artifacts)`` gives byte-identical files for any
+    ``workers``.
     ``progress(done, total)`` is called after each study. Raises ValueError/TypeError on bad
     arguments.
     """
     _check(studies, seed, anatomy, size, workers)
+    if not isinstance(artifacts, bool):
+        raise TypeError(f"artifacts must be a bool, got {type(artifacts).__name__}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(root, seed, i, anatomy, size) for i in range(studies)]
+    jobs = [(root, seed, i, anatomy, size, artifacts) for i in range(studies)]
     records: list[dict[str, Any]] = []
 
     def collect(results: Iterator[list[dict[str, Any]]]) -> None:

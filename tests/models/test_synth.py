@@ -210,6 +210,7 @@ def test_fifty_studies_of_seed_7_meet_the_acceptance(tmp_path: Path) -> None:
     ({"studies": 1, "seed": 1, "size": 32}, ValueError),
     ({"studies": 1, "seed": 1, "size": "512"}, TypeError),
     ({"studies": 1.5, "seed": 1}, TypeError),
+    ({"studies": 1, "seed": 1, "artifacts": "no"}, TypeError),
 ])
 def test_bad_arguments_are_rejected(tmp_path: Path, kwargs: dict[str, Any],
                                     error: type[Exception]) -> None:
@@ -320,9 +321,13 @@ def test_artifacts_do_not_depend_on_the_label(artifact_studies) -> None:
         assert abs(k0 / n0 - k1 / n1) < 3 * se + 1e-9, (kind, k0, n0, k1, n1)
 
 
-def test_the_intact_counterfactual_and_clean_sets() -> None:
+def test_the_intact_counterfactual_and_clean_sets(tmp_path: Path) -> None:
     """`fractures=False` renders the same artifacts; `artifacts=False` none at all, with
-    the same anatomy, labels and noise."""
+    the same anatomy, labels and noise, and writes files without burned-in annotation."""
+    generate_dataset(tmp_path, studies=3, seed=ART_SEED, size=64, artifacts=False)
+    for e in read_manifest(tmp_path):
+        assert e["artifacts"] == [] and e["exposed_field"] == [0.0, 0.0, 63.0, 63.0]
+        assert pydicom.dcmread(tmp_path / e["path"]).BurnedInAnnotation == "NO"
     for index in (0, 2, 4):  # seed 21: fractured studies with markers, text, collimation
         broken = render_study(ART_SEED, index, size=128)
         assert broken.views[0].record["study_label"] == 1
