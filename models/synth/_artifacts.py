@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ._geometry import View
-from ._imaging import DENSE, Beam
+from ._imaging import DENSE, Beam, make_beam, standard_normal
 from ._implants import StudyHardware, plan_hardware
 from ._phantom import Phantom
 from ._scene import render
@@ -189,8 +189,8 @@ def view_artifacts(view: View, study: StudyArtifacts, roi: list[float], labels: 
             x0, y0, x1, y1 = (int(v) for v in box)
             window_mask[y0:y1 + 1, x0:x1 + 1] = False
     metal = layers.dense if layers.dense.any() else None
-    beam = Beam(extra=extra if extra.any() else None, metal=metal,
-                field=transmission, grid=grid, shutter=shutter)
+    beam = make_beam(view, extra=extra if extra.any() else None, metal=metal,
+                     field=transmission, grid=grid, shutter=shutter)
     return ViewArtifacts(beam, layers.records, exposed, texts, annotation, window_mask)
 
 
@@ -236,12 +236,14 @@ def _collimation(view: View, roi: list[float], rng: np.random.Generator, layers:
         np.minimum(dist, d, out=dist)
         layers.add("collimator", _strip_box(side, point, normal, view.shape))
     penumbra = float(rng.uniform(0.6, 1.6)) / view.spacing
-    leak = np.float32(rng.uniform(0.0005, 0.005))
-    transmission = leak + (1 - leak) * 0.5 * (1.0 + np.tanh(dist / np.float32(penumbra)))
+    leak = float(rng.uniform(0.0005, 0.005))
+    transmission = np.tanh(dist * np.float32(1.0 / penumbra))
+    transmission *= np.float32(0.5 * (1.0 - leak))
+    transmission += np.float32(0.5 * (1.0 - leak) + leak)
     shutter = None
     if rng.random() < BLACK_SHUTTER_RATE:
         shutter = np.clip(dist + 0.5, 0.0, 1.0).astype(np.float32)
-    return transmission.astype(np.float32), shutter, dist
+    return transmission, shutter, dist
 
 
 def _strip_box(side: str, point: np.ndarray, normal: np.ndarray,
@@ -284,7 +286,7 @@ def _cast(view: View, hardware: StudyHardware, layers: _Layers,
         mesh = np.cos(np.add.outer(ys, xs)) * np.cos(np.subtract.outer(ys, xs))
         line *= 1.0 + np.float32(rng.uniform(0.25, 0.45)) * mesh
     else:  # plaster: a granular texture
-        grain = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0),
+        grain = cv2.GaussianBlur(standard_normal((h, w), rng), (0, 0),
                                  max(0.6 / view.spacing, 0.5))
         grain /= max(float(grain.std()), 1e-6)
         line *= 1.0 + np.float32(0.12) * grain
@@ -449,10 +451,15 @@ def _grid(view: View, rng: np.random.Generator) -> np.ndarray:
     freq = float(rng.uniform(3.0, 8.0))  # lines per mm
     angle = float(np.radians(rng.normal(0.0, 0.7) + (90.0 if rng.random() < 0.5 else 0.0)))
     k = 2.0 * np.pi * freq * view.spacing
-    phase = np.add.outer(np.arange(h, dtype=np.float64) * k * np.sin(angle),
-                         np.arange(w, dtype=np.float64) * k * np.cos(angle) + rng.uniform(0, 6.3))
-    depth = float(rng.uniform(0.02, 0.06))
-    return (1.0 - depth * (0.5 + 0.5 * np.cos(phase))).astype(np.float32)
+    # cos(a y + b x) = cos(a y) cos(b x) - sin(a y) sin(b x): two outer products
+    ay = np.arange(h, dtype=np.float64) * k * np.sin(angle)
+    bx = np.arange(w, dtype=np.float64) * k * np.cos(angle) + rng.uniform(0.0, 2.0 * np.pi)
+    wave = np.multiply.outer(np.cos(ay).astype(np.float32), np.cos(bx).astype(np.float32))
+    wave -= np.multiply.outer(np.sin(ay).astype(np.float32), np.sin(bx).astype(np.float32))
+    depth = np.float32(rng.uniform(0.02, 0.06))
+    wave *= -0.5 * depth
+    wave += 1.0 - 0.5 * depth
+    return wave
 
 
 # --- burned-in text -----------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,14 +52,83 @@ def _check(studies: int, seed: int, anatomy: str, size: int, workers: int) -> No
         raise ValueError(f"anatomy must be 'hip', 'wrist' or 'mixed', got {anatomy!r}")
 
 
-def _one(job: tuple[Path, int, int, Anatomy, int, bool]) -> list[dict[str, Any]]:
+Job = tuple[Path, int, int, Anatomy, int, bool]
+
+
+def _one(job: Job) -> list[dict[str, Any]]:
     root, seed, index, anatomy, size, artifacts = job
     study = render_study(seed, index, anatomy=anatomy, size=size, artifacts=artifacts)
     return write_study(study, root)
 
 
-def _init_worker() -> None:
+def _claim(counter: Any, total: int) -> int | None:
+    """The next unclaimed study index, or None when all are taken."""
+    with counter.get_lock():
+        index = int(counter.value)
+        if index >= total:
+            return None
+        counter.value = index + 1
+    return index
+
+
+def _helper(jobs: list[Job], counter: Any, results: Any) -> None:
+    """A spawned process: render and write studies until none is left to claim."""
     cv2.setNumThreads(1)
+    while (index := _claim(counter, len(jobs))) is not None:
+        try:
+            results.put((index, _one(jobs[index]), None))
+        except Exception:  # reported to the parent, which raises
+            results.put((index, None, traceback.format_exc()))
+            return
+
+
+def _run(jobs: list[Job], workers: int) -> Iterator[list[dict[str, Any]]]:
+    """Manifest entries of each study, in study order.
+
+    With ``workers > 1`` this process renders too, claiming studies from the same counter as
+    ``workers - 1`` spawned helpers: no process waits for the helpers to start.
+    """
+    helpers = min(workers, len(jobs)) - 1
+    if helpers < 1:
+        yield from map(_one, jobs)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("q", 0)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_helper, args=(jobs, counter, results), daemon=True)
+             for _ in range(helpers)]
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    done: dict[int, list[dict[str, Any]]] = {}
+    try:
+        for proc in procs:
+            proc.start()
+        following = 0
+        while following < len(jobs):
+            while following in done:
+                yield done.pop(following)
+                following += 1
+            if following >= len(jobs):
+                break
+            index = _claim(counter, len(jobs))
+            if index is not None:
+                done[index] = _one(jobs[index])
+                continue
+            try:
+                index, recs, error = results.get(timeout=1.0)
+            except queue.Empty:
+                if not any(proc.is_alive() for proc in procs) and results.empty():
+                    raise RuntimeError("a synthetic-data worker died without a result") from None
+                continue
+            if error is not None:
+                raise RuntimeError(f"rendering study {index} failed in a worker:\n{error}")
+            done[index] = recs
+    finally:
+        cv2.setNumThreads(threads)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
 
 
 def generate_dataset(out_dir: Path, *, studies: int, seed: int, anatomy: Anatomy = "mixed",
@@ -70,7 +141,7 @@ def generate_dataset(out_dir: Path, *, studies: int, seed: int, anatomy: Anatomy
     boxes of its ``artifacts`` and its ``exposed_field``. ``artifacts=False`` writes clean
     images (no collimation, markers, text, rulers, grid lines, implants or casts). The same
     ``(seed, studies, anatomy, size, artifacts)`` gives byte-identical files for any
-    ``workers``.
+    ``workers`` (this process and ``workers - 1`` spawned ones share the studies).
     ``progress(done, total)`` is called after each study. Raises ValueError/TypeError on bad
     arguments.
     """
@@ -88,12 +159,7 @@ def generate_dataset(out_dir: Path, *, studies: int, seed: int, anatomy: Anatomy
             if progress is not None:
                 progress(done, studies)
 
-    if workers == 1:
-        collect(map(_one, jobs))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, studies), initializer=_init_worker) as pool:
-            collect(pool.imap(_one, jobs, chunksize=1))
+    collect(_run(jobs, workers))
 
     manifest = root / MANIFEST_NAME
     tmp = manifest.with_suffix(".jsonl.tmp")
