@@ -229,12 +229,22 @@ def _collimation(view: View, roi: list[float], rng: np.random.Generator, layers:
         return None, None, None
     xs = np.arange(w, dtype=np.float32)
     ys = np.arange(h, dtype=np.float32)
-    dist = np.full((h, w), np.inf, dtype=np.float32)
     for side, point, normal in edges:
-        d = np.add.outer((ys - point[1]) * np.float32(normal[1]),
-                         (xs - point[0]) * np.float32(normal[0]))
-        np.minimum(dist, d, out=dist)
         layers.add("collimator", _strip_box(side, point, normal, view.shape))
+    if angle == 0.0:  # square to the image: the distance to the nearest edge is separable
+        across = np.full(w, np.inf, dtype=np.float32)
+        down = np.full(h, np.inf, dtype=np.float32)
+        for _, point, normal in edges:
+            if normal[0] != 0.0:
+                np.minimum(across, (xs - point[0]) * np.float32(normal[0]), out=across)
+            else:
+                np.minimum(down, (ys - point[1]) * np.float32(normal[1]), out=down)
+        dist = np.minimum.outer(down, across)
+    else:
+        dist = np.full((h, w), np.inf, dtype=np.float32)
+        for _, point, normal in edges:
+            np.minimum(dist, np.add.outer((ys - point[1]) * np.float32(normal[1]),
+                                          (xs - point[0]) * np.float32(normal[0])), out=dist)
     penumbra = float(rng.uniform(0.6, 1.6)) / view.spacing
     leak = float(rng.uniform(0.0005, 0.005))
     transmission = np.tanh(dist * np.float32(1.0 / penumbra))

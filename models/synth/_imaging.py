@@ -74,7 +74,8 @@ def trabecular_texture(shape: tuple[int, int], spacing: float,
 def _smooth(img: np.ndarray, sigma_px: float) -> np.ndarray:
     """Large Gaussian blur computed at reduced resolution (for low-frequency components)."""
     h, w = img.shape
-    factor = max(1, int(sigma_px // 2))
+    # a power of two: whole-pixel area averaging (fast) on the usual sizes
+    factor = 1 << max(int(np.log2(max(sigma_px, 1.0) / 2.0)), 0)
     if factor == 1:
         return cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     small = cv2.resize(img, (max(w // factor, 1), max(h // factor, 1)),
@@ -169,7 +170,7 @@ class Beam:
     grid: np.ndarray | None = None
     shutter: np.ndarray | None = None
     scatter_gain: np.ndarray | None = None
-    field_weight: np.ndarray | None = None
+    field_norm: np.ndarray | None = None
 
 
 def make_beam(view: View, *, extra: np.ndarray | None = None, metal: np.ndarray | None = None,
@@ -179,16 +180,16 @@ def make_beam(view: View, *, extra: np.ndarray | None = None, metal: np.ndarray 
     how far scatter reaches past the shutters and through metal, and the field's weight
     in the low-frequency estimate."""
     gain = None
-    weight = None
+    norm = None
     if field is not None:
         # scatter from the irradiated volume reaches past the shutters (the glow at their
         # edges), fading within a centimetre or two as the grid and their shadow cut it off
         gain = 0.15 + 0.85 * _smooth(field, 6.0 / view.spacing)
-        weight = np.maximum(_smooth(field, _LOW_MM / view.spacing), 1e-3)
+        norm = 1.0 / np.maximum(_smooth(field, _LOW_MM / view.spacing), 1e-3)
     if metal is not None:  # metal stops the scatter from above it (half of it)
         stop = np.exp(-0.5 * metal)
         gain = stop if gain is None else gain * stop
-    return Beam(extra, metal, field, grid, shutter, gain, weight)
+    return Beam(extra, metal, field, grid, shutter, gain, norm)
 
 
 _LOW_MM = 25.0  # scale of the low frequencies that dynamic range compression flattens
@@ -235,11 +236,14 @@ def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
     keeps its contrast.
     """
     h, w = plain.shape
-    line = plain + trab * (1.0 + np.float32(exp.texture) * fields.texture)
+    line = fields.texture * np.float32(-exp.texture)  # negated: exp(-line) in place below
+    line -= 1.0
+    line *= trab
+    line -= plain
     if beam.extra is not None:
-        line += beam.extra
-    ramp = np.linspace(1.0 - exp.heel, 1.0 + exp.heel, h, dtype=np.float32)[:, None]
-    primary = np.exp(-line) * ramp
+        line -= beam.extra
+    primary = np.exp(line, out=line)
+    primary *= np.linspace(1.0 - exp.heel, 1.0 + exp.heel, h, dtype=np.float32)[:, None]
     if beam.grid is not None:
         primary *= beam.grid
     if beam.field is not None:
@@ -279,11 +283,13 @@ def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
     # stays white and rings only as much as the field's own edges
     excess = np.maximum(p - np.float32(ceiling), 0.0)
     np.minimum(p, np.float32(ceiling), out=p)
-    detail = p - _smooth(p, exp.usm_mm / view.spacing)
-    p += np.float32(exp.usm) * detail
+    detail = _smooth(p, exp.usm_mm / view.spacing)
+    np.subtract(p, detail, out=detail)
+    detail *= np.float32(exp.usm)
+    p += detail
     low_scale = _LOW_MM / view.spacing
-    if beam.field is not None and beam.field_weight is not None:  # the field's own
-        low = _smooth(p * beam.field, low_scale) / beam.field_weight  # low frequencies
+    if beam.field is not None and beam.field_norm is not None:  # the field's own
+        low = _smooth(p * beam.field, low_scale) * beam.field_norm  # low frequencies
     else:
         low = _smooth(p, low_scale)
     low_mean = float(np.mean(sample(low))) if levels is None else levels.low_mean
@@ -297,7 +303,9 @@ def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
     else:
         lo, hi = levels.lo, levels.hi
     p += excess
-    x = np.clip((p - np.float32(lo)) / np.float32(max(hi - lo, 1e-3)), 0.0, 1.0)
+    p -= np.float32(lo)
+    p *= np.float32(1.0 / max(hi - lo, 1e-3))
+    x = np.clip(p, 0.0, 1.0, out=p)
     ref = _body_median(sample(x)) if levels is None else levels.ref
     x = _tone(x, ref, exp)
     if beam.shutter is not None:
