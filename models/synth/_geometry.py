@@ -9,6 +9,7 @@ path length through a union of solids is the measure of a union of intervals; th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -66,17 +67,21 @@ class Solid:
         return Solid(self.kind, rot @ self.center + shift, rot @ self.affine,
                      normals, self.offsets + normals @ shift)
 
-    def quadric(self) -> np.ndarray:
-        """Matrix ``Q`` with ``(x - c)^T Q (x - c) <= 1`` inside the unclipped quadric."""
-        inv = np.linalg.inv(self.affine)
+    @cached_property
+    def _inverse(self) -> np.ndarray:
+        return np.linalg.inv(self.affine)
+
+    @cached_property
+    def _quadric(self) -> np.ndarray:
+        inv = self._inverse
         diag = np.diag([1.0, 1.0, 1.0 if self.kind == "ellipsoid" else 0.0])
         return inv.T @ diag @ inv
 
-    def all_planes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Clip planes including the two caps of a cylinder."""
+    @cached_property
+    def _planes(self) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "ellipsoid":
             return self.normals, self.offsets
-        axis = np.linalg.inv(self.affine).T @ np.array([0.0, 0.0, 1.0])
+        axis = self._inverse.T @ np.array([0.0, 0.0, 1.0])
         norm = float(np.linalg.norm(axis))
         axis = axis / norm
         h = float(axis @ self.center)
@@ -84,13 +89,21 @@ class Solid:
         caps_h = np.array([h + 1.0 / norm, -h + 1.0 / norm])
         return np.vstack([self.normals, caps_n]), np.concatenate([self.offsets, caps_h])
 
+    def quadric(self) -> np.ndarray:
+        """Matrix ``Q`` with ``(x - c)^T Q (x - c) <= 1`` inside the unclipped quadric."""
+        return self._quadric
+
+    def all_planes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Clip planes including the two caps of a cylinder."""
+        return self._planes
+
     def corners(self) -> np.ndarray:
         """Eight corners of a box that encloses the solid (world coordinates)."""
         return self.center + _CUBE @ self.affine.T
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Boolean mask of the ``(N, 3)`` points that lie inside the solid."""
-        local = (points - self.center) @ np.linalg.inv(self.affine).T
+        local = (points - self.center) @ self._inverse.T
         if self.kind == "ellipsoid":
             inside = (local**2).sum(axis=1) <= 1.0
         else:
