@@ -13,7 +13,6 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from ._study import SynthStudy, SynthView
@@ -137,15 +136,24 @@ def build_dataset(study: SynthStudy, view: SynthView, study_uid: str, series_uid
     return ds
 
 
+# View Code Sequence items (DICOM CID 4010) by View Position; the values are pydicom's
+# ``codes.cid4010`` (not imported: it costs every worker process ~0.1 s)
+VIEW_CODES = {
+    "AP": ("399348003", "antero-posterior"),
+    "PA": ("272479007", "postero-anterior"),
+    "LL": ("399173006", "left lateral"),
+    "RL": ("399198007", "right lateral"),
+    "": ("399059000", "postero-anterior oblique"),
+}
+
+
 def _view_code(view: SynthView) -> Dataset:
     """View Code Sequence item (DICOM CID 4010) of the view."""
-    names = {"AP": "AnteroPosterior", "PA": "PosteroAnterior", "LL": "LeftLateral",
-             "RL": "RightLateral", "": "PosteroAnteriorOblique"}
-    code = getattr(codes.cid4010, names[view.position])
+    value, meaning = VIEW_CODES[view.position]
     item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme_designator
-    item.CodeMeaning = code.meaning
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "SCT"
+    item.CodeMeaning = meaning
     return item
 
 

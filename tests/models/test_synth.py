@@ -417,3 +417,15 @@ def test_hardware_saturates_and_burned_in_annotation_is_declared(artifact_studie
             if any(a["kind"] == "text" for a in v.record["artifacts"]):
                 assert v.burned_text
     assert hardware >= 5
+
+
+def test_view_codes_are_those_of_cid_4010() -> None:
+    from pydicom.sr.codedict import codes
+
+    from models.synth._dicom import VIEW_CODES
+
+    names = {"AP": "AnteroPosterior", "PA": "PosteroAnterior", "LL": "LeftLateral",
+             "RL": "RightLateral", "": "PosteroAnteriorOblique"}
+    for position, (value, meaning) in VIEW_CODES.items():
+        code = getattr(codes.cid4010, names[position])
+        assert (value, meaning, "SCT") == (code.value, code.meaning, code.scheme_designator)
