@@ -202,9 +202,10 @@ def apply_fractures(phantom: Phantom, plans: list[FracturePlan]) -> tuple[list[G
         proximal, moved, extras = _split(bone, plan)
         groups[index] = proximal
         groups.extend(moved)
+        still = np.array_equal(plan.rot, np.eye(3)) and not np.any(plan.shift)
         for i, g in enumerate(groups):
-            if g.name in plan.followers:
-                groups[i] = plan.moved_group(g)
+            if g.name in plan.followers and not still:  # unmoved followers stay the same
+                groups[i] = plan.moved_group(g)  # objects, so the twin skips them
         sites.append(Site(plan, trace, extras))
     return groups, sites
 

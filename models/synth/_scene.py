@@ -172,6 +172,15 @@ def group_paths(group: Group, view: View
     carves = [(c, g) for c in group.carves for g in _grids([c.solid], view, box)
               if np.any(g.t1 > g.t0)]
     bx0, by0, bx1, by1 = box
+    if len(outer) == 1 and len(inner) <= 1 and not carves:  # one part: no union to take
+        cortical = outer[0].t1 - outer[0].t0
+        trab = np.zeros_like(cortical)
+        if inner:
+            (t0,), (t1,) = _stack(inner, box)
+            np.subtract(t1, t0, out=trab)
+            cortical -= trab
+            np.maximum(cortical, 0.0, out=cortical)
+        return box, cortical, trab
     cortical = np.zeros((by1 - by0, bx1 - bx0), dtype=np.float32)
     trab = np.zeros_like(cortical)
     for ya, yb in _bands(outer + inner + [g for _, g in carves], box):
