@@ -21,7 +21,7 @@ from ._geometry import View
 from ._imaging import DENSE, Beam, make_beam, standard_normal
 from ._implants import StudyHardware, plan_hardware
 from ._phantom import Phantom
-from ._scene import render
+from ._scene import coarse_view, render
 
 KINDS = ("collimator", "marker", "text", "ruler", "hardware", "cast", "grid")
 COLLIMATION_RATE = 0.8  # views with at least one shutter edge in the image
@@ -286,8 +286,10 @@ def _cast(view: View, hardware: StudyHardware, layers: _Layers,
     cast = hardware.cast
     if cast is None:
         return
-    line, _ = render([cast.group], view)
     h, w = view.shape
+    # smooth but for the shell's edges, which stay several pixels wide at half resolution
+    coarse, _ = render([cast.group], coarse_view(view, 2))
+    line = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
     if cast.mesh:  # fibreglass: a woven mesh of ~3 mm
         period = float(rng.uniform(2.5, 4.0)) / view.spacing
         k = np.float32(2.0 * np.pi / period)

@@ -187,8 +187,13 @@ def make_beam(view: View, *, extra: np.ndarray | None = None, metal: np.ndarray 
         gain = 0.15 + 0.85 * _smooth(field, 6.0 / view.spacing)
         norm = 1.0 / np.maximum(_smooth(field, _LOW_MM / view.spacing), 1e-3)
     if metal is not None:  # metal stops the scatter from above it (half of it)
-        stop = np.exp(-0.5 * metal)
-        gain = stop if gain is None else gain * stop
+        rows = np.flatnonzero(metal.any(axis=1))
+        cols = np.flatnonzero(metal.any(axis=0))
+        if len(rows):
+            if gain is None:
+                gain = np.ones(metal.shape, dtype=np.float32)
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            gain[box] *= np.exp(np.float32(-0.5) * metal[box])
     return Beam(extra, metal, field, grid, shutter, gain, norm)
 
 
