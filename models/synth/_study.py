@@ -155,9 +155,15 @@ def site_conspicuity(img: np.ndarray, intact: np.ndarray, box: list[float] | Non
     if x1 <= x0 or y1 <= y0:
         return 0.0
     scale = w / 512.0
-    diff = cv2.GaussianBlur(img - intact, (0, 0), max(1.5 * scale, 0.5))
-    residue = img - cv2.GaussianBlur(img, (0, 0), max(2.0 * scale, 0.7))
-    diff, residue = diff[y0:y1 + 1, x0:x1 + 1], residue[y0:y1 + 1, x0:x1 + 1]
+    s_diff, s_res = max(1.5 * scale, 0.5), max(2.0 * scale, 0.7)
+    # blur only the box and the kernels' reach around it (the same values as blurring all)
+    m = int(np.ceil(4.0 * max(s_diff, s_res))) + 2
+    cx0, cy0, cx1, cy1 = max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, w - 1), min(y1 + m, h - 1)
+    img_c = img[cy0:cy1 + 1, cx0:cx1 + 1]
+    diff = cv2.GaussianBlur(img_c - intact[cy0:cy1 + 1, cx0:cx1 + 1], (0, 0), s_diff)
+    residue = img_c - cv2.GaussianBlur(img_c, (0, 0), s_res)
+    inner = (slice(y0 - cy0, y1 - cy0 + 1), slice(x0 - cx0, x1 - cx0 + 1))
+    diff, residue = diff[inner], residue[inner]
     return float(np.percentile(np.abs(diff), 99) / max(float(residue.std()), 1e-6))
 
 
