@@ -218,8 +218,7 @@ def _field_sample(beam: Beam) -> np.ndarray | None:
 @dataclass(frozen=True)
 class Levels:
     """An image's exposure recognition: dose scale, processing ceiling, low-frequency mean,
-    black and white points and tone reference. Reused for the intact/broken twin of an
-    image, so that the two differ only around the fracture."""
+    black and white points and tone reference."""
 
     i0: float
     ceiling: float
@@ -229,61 +228,86 @@ class Levels:
     ref: float
 
 
+@dataclass(frozen=True)
+class Exposed:
+    """What the twin of an image reuses from it: its levels, and its scatter and dynamic
+    range compression maps, which a fracture changes negligibly (they vary over 25-30 mm)."""
+
+    levels: Levels
+    scatter: np.ndarray
+    compression: np.ndarray
+
+
+Region = tuple[slice, slice]
+
+
 def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
-           fields: RandomFields, beam: Beam = _NO_BEAM, levels: Levels | None = None
-           ) -> tuple[np.ndarray, Levels]:
+           fields: RandomFields, beam: Beam = _NO_BEAM, *, reuse: Exposed | None = None,
+           region: Region | None = None) -> tuple[np.ndarray, Exposed]:
     """Processed image in [0, 1], bone bright (a MONOCHROME2 rendering before quantisation),
-    and the levels it was processed with (``levels`` given: those are used).
+    and what a twin may reuse from it.
 
     Exposure recognition (automatic exposure control, the percentiles that set black and
     white, the dynamic range compression) looks only at the exposed field off metal, as
     CR/DX systems do, so collimated borders and implants saturate white and the anatomy
-    keeps its contrast.
+    keeps its contrast. A twin (``reuse`` from the image) may be processed over a
+    ``region`` of the view only: ``plain`` and ``trab`` then cover just that region, which
+    must reach a few unsharp-mask radii past where the two images differ.
     """
-    h, w = plain.shape
-    line = fields.texture * np.float32(-exp.texture)  # negated: exp(-line) in place below
+    cut = region if region is not None else (slice(None), slice(None))
+
+    def part(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[cut]
+
+    extra, field, grid = part(beam.extra), part(beam.field), part(beam.grid)
+    texture, noise = fields.texture[cut], fields.noise[cut]
+    line = texture * np.float32(-exp.texture)  # negated: exp(-line) in place below
     line -= 1.0
     line *= trab
     line -= plain
-    if beam.extra is not None:
-        line -= beam.extra
+    if extra is not None:
+        line -= extra
     primary = np.exp(line, out=line)
-    primary *= np.linspace(1.0 - exp.heel, 1.0 + exp.heel, h, dtype=np.float32)[:, None]
-    if beam.grid is not None:
-        primary *= beam.grid
-    if beam.field is not None:
-        primary *= beam.field
+    ramp = np.linspace(1.0 - exp.heel, 1.0 + exp.heel, view.shape[0], dtype=np.float32)
+    primary *= ramp[cut[0], None]
+    if grid is not None:
+        primary *= grid
+    if field is not None:
+        primary *= field
     primary = cv2.GaussianBlur(primary, (0, 0), 0.55)
-    scatter = _smooth(primary, 30.0 / view.spacing)
-    if beam.scatter_gain is not None:
-        scatter *= beam.scatter_gain
-    scatter *= np.float32(exp.scatter)
-    signal = np.add(primary, scatter, out=scatter)
+    if reuse is None:
+        scatter = _smooth(primary, 30.0 / view.spacing)
+        if beam.scatter_gain is not None:
+            scatter *= beam.scatter_gain
+        scatter *= np.float32(exp.scatter)
+    else:
+        scatter = reuse.scatter[cut]
+    signal = primary + scatter
     sample_mask = _field_sample(beam)
 
     def sample(img: np.ndarray) -> np.ndarray:
         small = img[::4, ::4]
         return small[sample_mask] if sample_mask is not None else small.ravel()
 
-    if levels is None:
+    if reuse is None:
         # automatic exposure control: the median signal behind the patient reaches the dose
         behind = sample(signal)
         behind = behind[behind < 0.8]
         level = float(np.median(behind)) if behind.size else 1.0
         i0 = exp.detector_per_mm2 * view.spacing**2 / max(level, 1e-4)
     else:
-        i0 = levels.i0
+        i0 = reuse.levels.i0
     counts = np.float32(i0) * signal
     # quantum (Poisson, Gaussian approximation) and electronic noise in one draw
-    counts += np.sqrt(counts + np.float32(exp.electronic**2)) * fields.noise
+    counts += np.sqrt(counts + np.float32(exp.electronic**2)) * noise
     np.maximum(counts, 1.0, out=counts)
     p = np.log(counts, out=counts)
     np.subtract(np.float32(np.log(i0)), p, out=p)
-    if levels is None:
+    if reuse is None:
         lo, hi = np.percentile(sample(p), [exp.black, 99.8])
         ceiling = float(hi + 0.15 * (hi - lo))
     else:
-        ceiling = levels.ceiling
+        ceiling = reuse.levels.ceiling
     # what lies past the field's range (shutters, metal, lead) bypasses the processing, so it
     # stays white and rings only as much as the field's own edges
     excess = np.maximum(p - np.float32(ceiling), 0.0)
@@ -292,30 +316,37 @@ def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
     np.subtract(p, detail, out=detail)
     detail *= np.float32(exp.usm)
     p += detail
-    low_scale = _LOW_MM / view.spacing
-    if beam.field is not None and beam.field_norm is not None:  # the field's own
-        low = _smooth(p * beam.field, low_scale) * beam.field_norm  # low frequencies
+    if reuse is None:
+        low_scale = _LOW_MM / view.spacing
+        if beam.field is not None and beam.field_norm is not None:  # the field's own
+            low = _smooth(p * beam.field, low_scale) * beam.field_norm  # low frequencies
+        else:
+            low = _smooth(p, low_scale)
+        low_mean = float(np.mean(sample(low)))
+        low -= np.float32(low_mean)
+        low *= np.float32(exp.drc)
+        if beam.field is not None:
+            low *= beam.field
+        compression = low
     else:
-        low = _smooth(p, low_scale)
-    low_mean = float(np.mean(sample(low))) if levels is None else levels.low_mean
-    low -= np.float32(low_mean)
-    low *= np.float32(exp.drc)
-    if beam.field is not None:
-        low *= beam.field
-    p -= low
-    if levels is None:
+        low_mean = reuse.levels.low_mean
+        compression = reuse.compression[cut]
+    p -= compression
+    if reuse is None:
         lo, hi = np.percentile(sample(p), [exp.black, 99.8])
     else:
-        lo, hi = levels.lo, levels.hi
+        lo, hi = reuse.levels.lo, reuse.levels.hi
     p += excess
     p -= np.float32(lo)
     p *= np.float32(1.0 / max(hi - lo, 1e-3))
     x = np.clip(p, 0.0, 1.0, out=p)
-    ref = _body_median(sample(x)) if levels is None else levels.ref
+    ref = _body_median(sample(x)) if reuse is None else reuse.levels.ref
     x = _tone(x, ref, exp)
-    if beam.shutter is not None:
-        x *= beam.shutter
-    return x, Levels(float(i0), ceiling, low_mean, float(lo), float(hi), ref)
+    shutter = part(beam.shutter)
+    if shutter is not None:
+        x *= shutter
+    levels = Levels(float(i0), ceiling, low_mean, float(lo), float(hi), ref)
+    return x, Exposed(levels, scatter, compression)
 
 
 def _body_median(values: np.ndarray) -> float:

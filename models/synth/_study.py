@@ -13,7 +13,16 @@ from ._artifacts import StudyArtifacts, ViewArtifacts, plan_study, view_artifact
 from ._fracture import FracturePlan, Site, apply_fractures, site_visible
 from ._geometry import Solid, View
 from ._hip import build_hip, hip_fracture, hip_views, ramus_fracture
-from ._imaging import Beam, draw_fields, expose, make_view, quantise, sample_exposure, window
+from ._imaging import (
+    Beam,
+    Exposure,
+    draw_fields,
+    expose,
+    make_view,
+    quantise,
+    sample_exposure,
+    window,
+)
 from ._phantom import Phantom, ViewSpec
 from ._scene import Group, render
 from ._wrist import build_wrist, radius_fracture, styloid_fracture, wrist_views
@@ -139,12 +148,14 @@ def _surface(solid: Solid, n: int = 400) -> np.ndarray:
     return pts
 
 
-def site_conspicuity(img: np.ndarray, intact: np.ndarray, box: list[float] | None) -> float:
+def site_conspicuity(img: np.ndarray, intact: np.ndarray, box: list[float] | None,
+                     width: int | None = None) -> float:
     """How far a fracture stands out of the image around it, in units of local noise.
 
     ``img`` and ``intact`` are the same processed view (same exposure and noise) with and
-    without the fracture. The difference, smoothed at 1.5 px of a 512 px image, is compared
-    (99th percentile inside the fracture box) with the standard deviation of the image's
+    without the fracture, or the same part of both (``width`` then gives the whole view's
+    width). The difference, smoothed at 1.5 px of a 512 px image, is compared (99th
+    percentile inside the fracture box) with the standard deviation of the image's
     high-pass residue there: quantum noise plus trabecular texture, what hides a thin line.
     """
     if box is None:
@@ -154,7 +165,7 @@ def site_conspicuity(img: np.ndarray, intact: np.ndarray, box: list[float] | Non
     x1, y1 = min(int(np.ceil(box[2])), w - 1), min(int(np.ceil(box[3])), h - 1)
     if x1 <= x0 or y1 <= y0:
         return 0.0
-    scale = w / 512.0
+    scale = (w if width is None else width) / 512.0
     s_diff, s_res = max(1.5 * scale, 0.5), max(2.0 * scale, 0.7)
     # blur only the box and the kernels' reach around it (the same values as blurring all)
     m = int(np.ceil(4.0 * max(s_diff, s_res))) + 2
@@ -167,22 +178,32 @@ def site_conspicuity(img: np.ndarray, intact: np.ndarray, box: list[float] | Non
     return float(np.percentile(np.abs(diff), 99) / max(float(residue.std()), 1e-6))
 
 
-def _site_record(site: Site, view: View, intact: list[Group], size: int,
-                 pair: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+def _site_box(site: Site, view: View, size: int) -> tuple[np.ndarray, list[float] | None]:
+    """Projected centre of a fracture site and its box (None when the centre is outside)."""
     xy = view.project(site.trace)
-    if len(site.extras):
-        xy_all = np.vstack([xy, view.project(site.extras)])
-    else:
-        xy_all = xy
+    xy_all = np.vstack([xy, view.project(site.extras)]) if len(site.extras) else xy
     centre = xy.mean(axis=0)
     inside = bool(np.all(centre >= 0) and np.all(centre <= size - 1))
-    visible = site_visible(site, view, intact, inside=inside)
     pad = max(2.0 / view.spacing, 2.0)
-    box = _bbox(xy_all, pad, size) if inside else None
-    conspicuity = None
-    if pair is not None:
-        conspicuity = site_conspicuity(pair[0], pair[1], box)
-        visible = visible and conspicuity >= MIN_SITE_CONSPICUITY
+    return centre, _bbox(xy_all, pad, size) if inside else None
+
+
+Pair = tuple[np.ndarray, np.ndarray, tuple[int, int]]  # broken, intact, (x, y) of their corner
+
+
+def _site_record(site: Site, view: View, intact: list[Group], size: int,
+                 pair: Pair | None) -> dict[str, Any]:
+    """Manifest entry of one fracture site in one view; ``pair`` holds the broken and intact
+    images around the sites (None when no site box lies in the image)."""
+    centre, box = _site_box(site, view, size)
+    inside = bool(np.all(centre >= 0) and np.all(centre <= size - 1))
+    visible = site_visible(site, view, intact, inside=inside)
+    conspicuity = 0.0  # a site outside the image, or without a box, does not show
+    if pair is not None and box is not None:
+        img, twin, (ox, oy) = pair
+        conspicuity = site_conspicuity(img, twin, [box[0] - ox, box[1] - oy, box[2] - ox,
+                                                   box[3] - oy], size)
+    visible = visible and conspicuity >= MIN_SITE_CONSPICUITY
     return {
         "type": "displaced" if site.plan.displaced else "nondisplaced",
         "region": site.plan.region,
@@ -190,8 +211,34 @@ def _site_record(site: Site, view: View, intact: list[Group], size: int,
         "visible": visible,
         "point": [round(float(centre[0]), 2), round(float(centre[1]), 2)] if inside else None,
         "box": box,
-        "conspicuity": None if conspicuity is None else round(conspicuity, 3),
+        "conspicuity": round(conspicuity, 3),
     }
+
+
+def _twin_region(boxes: list[list[float] | None], view: View, exposure: Exposure,
+                 size: int) -> tuple[slice, slice] | None:
+    """Where the intact twin must be processed to measure the sites' conspicuity: their
+    boxes and the reach of the unsharp mask and conspicuity blurs, on a 64 px grid (so the
+    reduced-resolution blurs see the same pixel blocks as on the whole image)."""
+    real = [b for b in boxes if b is not None]
+    if not real:
+        return None
+    reach = int(np.ceil(4.0 * exposure.usm_mm / view.spacing)) + 16 + int(size / 64)
+    x0 = max(int(min(b[0] for b in real)) - reach, 0) // 64 * 64
+    y0 = max(int(min(b[1] for b in real)) - reach, 0) // 64 * 64
+    x1 = min(int(np.ceil(max(b[2] for b in real))) + reach + 1, size)
+    y1 = min(int(np.ceil(max(b[3] for b in real))) + reach + 1, size)
+    x1 = min(-(-x1 // 64) * 64, size)
+    y1 = min(-(-y1 // 64) * 64, size)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _sub_view(view: View, region: tuple[slice, slice]) -> View:
+    """The pixels ``region`` of ``view`` as a view of their own."""
+    ys, xs = region
+    origin = view.origin + view.spacing * (xs.start * view.eu + ys.start * view.ev)
+    return View(origin, view.eu, view.ev, view.beam, view.spacing,
+                (ys.stop - ys.start, xs.stop - xs.start))
 
 
 def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int = 512,
@@ -256,17 +303,14 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
     for number, spec in enumerate(specs):
         view = make_view(spec, size, r_views)
         if sites:
-            # the groups a fracture changed are rendered broken and intact, the rest once:
-            # the twin image shares the texture, noise, artifacts and levels (set on the
-            # intact image) of the image itself, so the two differ only around the fracture
+            # unchanged groups are rendered once; the broken image sets the levels and the
+            # large-scale maps that its intact twin reuses (a fracture changes them
+            # negligibly), so the twin is rendered and processed only around the sites
             same = [g for g in ph.groups if any(g is b for b in broken)]
             before = [g for g in ph.groups if not any(g is b for b in broken)]
             after = [g for g in broken if not any(g is o for o in ph.groups)]
             p_same, t_same = render(same, view)
-            p_before, t_before = render(before, view)
             p_after, t_after = render(after, view)
-            intact_lines = (p_same + p_before, t_same + t_before)
-            broken_lines = (p_same + p_after, t_same + t_after)
         else:
             plain, trab = render(groups, view)
         exposure = sample_exposure(r_image, kind, bits, ph.params.get("habitus", 1.0))
@@ -278,12 +322,22 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
             arts = view_artifacts(view, carried, _roi_box(ph.groups, ph, view, size), labels,
                                   r_art)
         beam = arts.beam if arts is not None else Beam()
-        pair: tuple[np.ndarray, np.ndarray] | None = None  # (broken, intact) renderings
+        pair: Pair | None = None  # (broken, intact, corner) around the sites
         if sites:
-            intact01, levels = expose(*intact_lines, view, exposure, fields, beam)
-            broken01, _ = expose(*broken_lines, view, exposure, fields, beam, levels)
-            pair = (broken01, intact01)
-            img01 = broken01 if fractures else intact01
+            broken01, exposed = expose(p_same + p_after, t_same + t_after, view, exposure,
+                                       fields, beam)
+            img01 = broken01
+            region = _twin_region([_site_box(s, view, size)[1] for s in sites], view,
+                                  exposure, size)
+            if region is not None:
+                p_before, t_before = render(before, _sub_view(view, region))
+                twin01, _ = expose(p_same[region] + p_before, t_same[region] + t_before,
+                                   view, exposure, fields, beam, reuse=exposed, region=region)
+                pair = (broken01[region], twin01, (region[1].start, region[0].start))
+            if not fractures:
+                p_before, t_before = render(before, view)
+                img01, _ = expose(p_same + p_before, t_same + t_before, view, exposure, fields,
+                                  beam, reuse=exposed)
         else:
             img01, _ = expose(plain, trab, view, exposure, fields, beam)
         pixels = quantise(img01, bits, r_image)
