@@ -315,12 +315,12 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
             plain, trab = render(groups, view)
         exposure = sample_exposure(r_image, kind, bits, ph.params.get("habitus", 1.0))
         fields = draw_fields(view.shape, view.spacing, r_image)
+        intact_roi = _roi_box(ph.groups, ph, view, size)
         arts: ViewArtifacts | None = None
         if carried is not None:
             labels = {"side": side, "position": spec.position or "OBL",
                       "date": study_date.strftime("%d.%m.%Y"), "patient_id": patient["id"]}
-            arts = view_artifacts(view, carried, _roi_box(ph.groups, ph, view, size), labels,
-                                  r_art)
+            arts = view_artifacts(view, carried, intact_roi, labels, r_art)
         beam = arts.beam if arts is not None else Beam()
         pair: Pair | None = None  # (broken, intact, corner) around the sites
         if sites:
@@ -350,7 +350,7 @@ def render_study(seed: int, index: int, *, anatomy: Anatomy = "mixed", size: int
         visible = any(r["visible"] for r in site_records)
         primary = plans[0] if plans else None
         record = _record(study, spec, view, size, site_records, visible, primary,
-                         _roi_box(groups, ph, view, size))
+                         _roi_box(groups, ph, view, size) if sites and fractures else intact_roi)
         record["artifacts"] = arts.records if arts is not None else []
         record["exposed_field"] = (arts.exposed_field if arts is not None
                                    else [0.0, 0.0, size - 1.0, size - 1.0])
