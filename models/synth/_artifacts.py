@@ -23,7 +23,7 @@ from ._implants import StudyHardware, plan_hardware
 from ._phantom import Phantom
 from ._scene import coarse_view, render
 
-KINDS = ("collimator", "marker", "text", "ruler", "hardware", "cast", "grid")
+KINDS = ("collimator", "marker", "text", "ruler", "hardware", "cast", "grid")  # manifest "kind"
 COLLIMATION_RATE = 0.8  # views with at least one shutter edge in the image
 BLACK_SHUTTER_RATE = 0.2  # collimated views whose borders the system masks black
 MARKER_RATE = 0.9
@@ -221,10 +221,10 @@ def _collimation(view: View, roi: list[float], rng: np.random.Generator, layers:
         depth = min(float(depths[k]), room[side] - margin)
         if k not in chosen or depth < 0.03 * w:
             continue
-        normal = {"left": (c, s), "top": (-s, c), "right": (-c, -s), "bottom": (s, -c)}[side]
-        point = {"left": (depth, cy), "top": (cx, depth), "right": (w - 1 - depth, cy),
-                 "bottom": (cx, h - 1 - depth)}[side]
-        edges.append((side, np.array(point), np.array(normal)))
+        inward = {"left": (c, s), "top": (-s, c), "right": (-c, -s), "bottom": (s, -c)}[side]
+        on_edge = {"left": (depth, cy), "top": (cx, depth), "right": (w - 1 - depth, cy),
+                   "bottom": (cx, h - 1 - depth)}[side]
+        edges.append((side, np.array(on_edge), np.array(inward)))
     if not edges:
         return None, None, None
     xs = np.arange(w, dtype=np.float32)
@@ -289,7 +289,8 @@ def _cast(view: View, hardware: StudyHardware, layers: _Layers,
     h, w = view.shape
     # smooth but for the shell's edges, which stay several pixels wide at half resolution
     coarse, _ = render([cast.group], coarse_view(view, 2))
-    line = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    line = np.asarray(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR),
+                      dtype=np.float32)
     if cast.mesh:  # fibreglass: a woven mesh of ~3 mm
         period = float(rng.uniform(2.5, 4.0)) / view.spacing
         k = np.float32(2.0 * np.pi / period)
@@ -298,8 +299,8 @@ def _cast(view: View, hardware: StudyHardware, layers: _Layers,
         mesh = np.cos(np.add.outer(ys, xs)) * np.cos(np.subtract.outer(ys, xs))
         line *= 1.0 + np.float32(rng.uniform(0.25, 0.45)) * mesh
     else:  # plaster: a granular texture
-        grain = cv2.GaussianBlur(standard_normal((h, w), rng), (0, 0),
-                                 max(0.6 / view.spacing, 0.5))
+        grain = np.asarray(cv2.GaussianBlur(standard_normal((h, w), rng), (0, 0),
+                                            max(0.6 / view.spacing, 0.5)), dtype=np.float32)
         grain /= max(float(grain.std()), 1e-6)
         line *= 1.0 + np.float32(0.12) * grain
     layers.light += line
@@ -438,16 +439,18 @@ def _ruler(view: View, exposed: list[float], layers: _Layers, rng: np.random.Gen
     dense = (attenuation / 255.0) * lead.astype(np.float32)
     light = np.full(lead.shape, np.float32(rng.uniform(0.03, 0.1)))
     x0, y0, x1, y1 = exposed
+    centre: tuple[float, float]
+    angle: float
     if rng.random() < 0.55:  # along a field edge
         edge = int(rng.integers(4))
         inset = wp / 2.0 + float(rng.uniform(0.01, 0.05)) * w
         along = float(rng.uniform(0.3, 0.7))
         if edge in (0, 2):
-            x = x0 + inset if edge == 0 else x1 - inset
-            centre, angle = (x, y0 + along * (y1 - y0)), 90.0
+            at_x = x0 + inset if edge == 0 else x1 - inset
+            centre, angle = (at_x, y0 + along * (y1 - y0)), 90.0
         else:
-            y = y0 + inset if edge == 1 else y1 - inset
-            centre, angle = (x0 + along * (x1 - x0), y), 0.0
+            at_y = y0 + inset if edge == 1 else y1 - inset
+            centre, angle = (x0 + along * (x1 - x0), at_y), 0.0
         angle += float(rng.normal(0.0, 2.0)) + (180.0 if rng.random() < 0.5 else 0.0)
     else:  # across the image
         centre = (float(rng.uniform(x0 + 0.2 * (x1 - x0), x1 - 0.2 * (x1 - x0))),

@@ -37,7 +37,7 @@ def standard_normal(shape: tuple[int, int], rng: np.random.Generator) -> np.ndar
     than NumPy's and, seeded each time, as deterministic)."""
     out = np.empty(shape, dtype=np.float32)
     cv2.setRNGSeed(int(rng.integers(0, 2**31 - 1)))
-    cv2.randn(out, 0.0, 1.0)
+    cv2.randn(out, np.zeros(1), np.ones(1))
     return out
 
 
@@ -64,9 +64,10 @@ def trabecular_texture(shape: tuple[int, int], spacing: float,
         gain += np.exp(np.float32(-2.0 * np.pi**2)
                        * (s_long**2 * along**2 + s_short**2 * across**2))
     gain *= 1.0 - np.exp(np.float32(-2.0 * np.pi**2 * (3.0 * s_long) ** 2) * (fx**2 + fy**2))
-    spectrum = cv2.dft(noise, flags=cv2.DFT_COMPLEX_OUTPUT)
+    spectrum = np.asarray(cv2.dft(noise, flags=cv2.DFT_COMPLEX_OUTPUT), dtype=np.float32)
     spectrum *= gain[:, :, None]
-    out = cv2.dft(spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    out = np.asarray(cv2.dft(spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT
+                             | cv2.DFT_SCALE), dtype=np.float32)
     out /= max(float(out.std()), 1e-6)
     return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
 

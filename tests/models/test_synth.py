@@ -11,7 +11,13 @@ import pydicom
 import pytest
 from pydicom import config as dicom_config
 
-from models.synth import MANIFEST_NAME, generate_dataset, read_manifest, render_study
+from models.synth import (
+    ARTIFACT_KINDS,
+    MANIFEST_NAME,
+    generate_dataset,
+    read_manifest,
+    render_study,
+)
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
 SEED = 1  # 8 studies with both photometric interpretations, occult and visible fractures
@@ -254,7 +260,7 @@ def test_visibility_needs_a_fracture_that_stands_out_of_the_noise() -> None:
 
 ART_SEED = 21  # 60 studies at 128 px: every artifact kind, both labels, both photometrics
 ART_STUDIES = 60
-KINDS = {"collimator", "marker", "text", "ruler", "hardware", "cast", "grid"}
+KINDS = set(ARTIFACT_KINDS)
 
 
 @pytest.fixture(scope="module")
