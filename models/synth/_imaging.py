@@ -172,6 +172,7 @@ class Beam:
     shutter: np.ndarray | None = None
     scatter_gain: np.ndarray | None = None
     field_norm: np.ndarray | None = None
+    sample_mask: np.ndarray | None = None
 
 
 def make_beam(view: View, *, extra: np.ndarray | None = None, metal: np.ndarray | None = None,
@@ -179,7 +180,7 @@ def make_beam(view: View, *, extra: np.ndarray | None = None, metal: np.ndarray 
               shutter: np.ndarray | None = None) -> Beam:
     """A :class:`Beam` with what every exposure of the view derives from it computed once:
     how far scatter reaches past the shutters and through metal, and the field's weight
-    in the low-frequency estimate."""
+    in the low-frequency estimate, and which pixels exposure recognition samples."""
     gain = None
     norm = None
     if field is not None:
@@ -195,7 +196,7 @@ def make_beam(view: View, *, extra: np.ndarray | None = None, metal: np.ndarray 
                 gain = np.ones(metal.shape, dtype=np.float32)
             box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
             gain[box] *= np.exp(np.float32(-0.5) * metal[box])
-    return Beam(extra, metal, field, grid, shutter, gain, norm)
+    return Beam(extra, metal, field, grid, shutter, gain, norm, _field_sample(field, metal))
 
 
 _LOW_MM = 25.0  # scale of the low frequencies that dynamic range compression flattens
@@ -203,13 +204,13 @@ DENSE = 0.5  # line integral of metal or lead above which a pixel is left out of
 _NO_BEAM = Beam()
 
 
-def _field_sample(beam: Beam) -> np.ndarray | None:
+def _field_sample(field: np.ndarray | None, metal: np.ndarray | None) -> np.ndarray | None:
     """Mask of the 4x-subsampled pixels inside the exposed field and off metal, or None."""
     mask = None
-    if beam.field is not None:
-        mask = beam.field[::4, ::4] > 0.9
-    if beam.metal is not None:
-        off = beam.metal[::4, ::4] <= DENSE
+    if field is not None:
+        mask = field[::4, ::4] > 0.9
+    if metal is not None:
+        off = metal[::4, ::4] <= DENSE
         mask = off if mask is None else mask & off
     if mask is not None and mask.sum() < 16:
         return None
@@ -284,7 +285,7 @@ def expose(plain: np.ndarray, trab: np.ndarray, view: View, exp: Exposure,
     else:
         scatter = reuse.scatter[cut]
     signal = primary + scatter
-    sample_mask = _field_sample(beam)
+    sample_mask = beam.sample_mask
 
     def sample(img: np.ndarray) -> np.ndarray:
         small = img[::4, ::4]
