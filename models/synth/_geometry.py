@@ -8,6 +8,7 @@ path length through a union of solids is the measure of a union of intervals; th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
@@ -114,10 +115,14 @@ class Solid:
 
     def support(self, direction: np.ndarray) -> float:
         """Upper bound of ``direction . x`` over the (unclipped) solid."""
-        proj = self.affine.T @ direction
+        return float(direction @ self.center) + self._half_width(direction)
+
+    def _half_width(self, direction: np.ndarray) -> float:
+        """Half the extent of the unclipped solid along ``direction`` (a unit vector)."""
+        a, b, c = (self.affine.T @ direction).tolist()
         if self.kind == "ellipsoid":
-            return float(direction @ self.center + np.linalg.norm(proj))
-        return float(direction @ self.center + np.linalg.norm(proj[:2]) + abs(proj[2]))
+            return math.sqrt(a * a + b * b + c * c)
+        return math.sqrt(a * a + b * b) + abs(c)
 
 
 def ellipsoid(center: ArrayLike, axes: ArrayLike,
@@ -176,15 +181,15 @@ class View:
         The box is the exact extent of the unclipped quadric along the detector axes.
         """
         rows, cols = self.shape
-        cu = float(self.eu @ (solid.center - self.origin)) / self.spacing
-        cv = float(self.ev @ (solid.center - self.origin)) / self.spacing
-        hu = solid.support(self.eu) - float(self.eu @ solid.center)
-        hv = solid.support(self.ev) - float(self.ev @ solid.center)
-        hu, hv = hu / self.spacing, hv / self.spacing
-        x0 = max(int(np.floor(cu - hu)) - pad, 0)
-        y0 = max(int(np.floor(cv - hv)) - pad, 0)
-        x1 = min(int(np.ceil(cu + hu)) + pad + 1, cols)
-        y1 = min(int(np.ceil(cv + hv)) + pad + 1, rows)
+        rel = solid.center - self.origin
+        cu = float(self.eu @ rel) / self.spacing
+        cv = float(self.ev @ rel) / self.spacing
+        hu = solid._half_width(self.eu) / self.spacing
+        hv = solid._half_width(self.ev) / self.spacing
+        x0 = max(math.floor(cu - hu) - pad, 0)
+        y0 = max(math.floor(cv - hv) - pad, 0)
+        x1 = min(math.ceil(cu + hu) + pad + 1, cols)
+        y1 = min(math.ceil(cv + hv) + pad + 1, rows)
         if x1 <= x0 or y1 <= y0:
             return None
         return x0, y0, x1, y1
