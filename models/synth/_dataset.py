@@ -15,8 +15,7 @@ from typing import Any
 
 import cv2
 
-from ._dicom import write_study
-from ._study import Anatomy, render_study
+from ._study import Anatomy, SynthStudy, render_study
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -55,10 +54,15 @@ def _check(studies: int, seed: int, anatomy: str, size: int, workers: int) -> No
 Job = tuple[Path, int, int, Anatomy, int, bool]
 
 
-def _one(job: Job) -> list[dict[str, Any]]:
-    root, seed, index, anatomy, size, artifacts = job
-    study = render_study(seed, index, anatomy=anatomy, size=size, artifacts=artifacts)
-    return write_study(study, root)
+def _render(job: Job) -> SynthStudy:
+    _, seed, index, anatomy, size, artifacts = job
+    return render_study(seed, index, anatomy=anatomy, size=size, artifacts=artifacts)
+
+
+def _write(job: Job, study: SynthStudy) -> list[dict[str, Any]]:
+    from ._dicom import write_study  # pydicom: imported where it is used, not in helpers
+
+    return write_study(study, job[0])
 
 
 def _claim(counter: Any, total: int) -> int | None:
@@ -72,11 +76,12 @@ def _claim(counter: Any, total: int) -> int | None:
 
 
 def _helper(jobs: list[Job], counter: Any, results: Any) -> None:
-    """A spawned process: render and write studies until none is left to claim."""
+    """A spawned process: render studies until none is left to claim (the caller writes
+    them, so a helper starts without importing pydicom)."""
     cv2.setNumThreads(1)
     while (index := _claim(counter, len(jobs))) is not None:
         try:
-            results.put((index, _one(jobs[index]), None))
+            results.put((index, _render(jobs[index]), None))
         except Exception:  # reported to the parent, which raises
             results.put((index, None, traceback.format_exc()))
             return
@@ -86,11 +91,13 @@ def _run(jobs: list[Job], workers: int) -> Iterator[list[dict[str, Any]]]:
     """Manifest entries of each study, in study order.
 
     With ``workers > 1`` this process renders too, claiming studies from the same counter as
-    ``workers - 1`` spawned helpers: no process waits for the helpers to start.
+    ``workers - 1`` spawned helpers (no process waits for the helpers to start), and writes
+    what the helpers render as it arrives.
     """
     helpers = min(workers, len(jobs)) - 1
     if helpers < 1:
-        yield from map(_one, jobs)
+        for job in jobs:
+            yield _write(job, _render(job))
         return
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("q", 0)
@@ -100,11 +107,26 @@ def _run(jobs: list[Job], workers: int) -> Iterator[list[dict[str, Any]]]:
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     done: dict[int, list[dict[str, Any]]] = {}
+
+    def receive(timeout: float | None) -> bool:
+        """Write one study a helper rendered; False when none came within ``timeout``."""
+        try:
+            index, study, error = (results.get(timeout=timeout) if timeout is not None
+                                   else results.get_nowait())
+        except queue.Empty:
+            return False
+        if error is not None:
+            raise RuntimeError(f"rendering study {index} failed in a worker:\n{error}")
+        done[index] = _write(jobs[index], study)
+        return True
+
     try:
         for proc in procs:
             proc.start()
         following = 0
         while following < len(jobs):
+            while receive(None):
+                pass
             while following in done:
                 yield done.pop(following)
                 following += 1
@@ -112,17 +134,10 @@ def _run(jobs: list[Job], workers: int) -> Iterator[list[dict[str, Any]]]:
                 break
             index = _claim(counter, len(jobs))
             if index is not None:
-                done[index] = _one(jobs[index])
-                continue
-            try:
-                index, recs, error = results.get(timeout=1.0)
-            except queue.Empty:
-                if not any(proc.is_alive() for proc in procs) and results.empty():
-                    raise RuntimeError("a synthetic-data worker died without a result") from None
-                continue
-            if error is not None:
-                raise RuntimeError(f"rendering study {index} failed in a worker:\n{error}")
-            done[index] = recs
+                done[index] = _write(jobs[index], _render(jobs[index]))
+            elif not receive(1.0) and not any(proc.is_alive() for proc in procs):
+                if not receive(0.1):
+                    raise RuntimeError("a synthetic-data worker died without a result")
     finally:
         cv2.setNumThreads(threads)
         for proc in procs:
