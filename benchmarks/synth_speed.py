@@ -4,30 +4,37 @@ Generates ``--studies`` studies into a temporary folder (DICOM files and manifes
 ``generate_dataset`` path, artifacts included) and prints images/s and ms/image for each
 size; ``--repeat`` keeps the best of several runs (the machine may be shared).
 ``--baseline DIR`` also times another copy of the package (``DIR/models/synth``, e.g. an
-older commit: ``git archive <rev> models | tar -x -C DIR``) in a child process, run by
+older commit: ``git archive <rev> models/__init__.py models/synth | tar -x -C DIR``) in
+a child process, run by
 run alternately with this one, so both figures come from the same minutes:
 
     .venv/bin/python benchmarks/synth_speed.py --studies 40 --sizes 512 --workers 2
     .venv/bin/python benchmarks/synth_speed.py --studies 20 --sizes 512 --workers 2 \\
         --repeat 3 --baseline /tmp/synth-07bdc44
 
-Measured on the 2-core development machine (Xeon 2.8 GHz), 512 px, ``--studies 20``
-(44 images) and ``--studies 40`` (87 images), best of 3, against 07bdc44 (before the
-artifacts and the speed work; it had no artifacts, so it did less work per image):
+Measured on this project's 2-core development machine (Xeon 2.8 GHz, otherwise
+idle), 512 px, best of 2-3 alternating runs, against 07bdc44 (before the film artifacts
+and the speed work; it rendered no artifacts, so it did less per image):
 
-    =========  =====  ======================  ======================
-    studies    work.  07bdc44                 artifacts + speed-ups
-    =========  =====  ======================  ======================
-    see the report of the commit that last changed these lines
-    =========  =====  ======================  ======================
+    ===========================  ==================  ==================================
+    run                          07bdc44             artifacts + speed work (this code)
+    ===========================  ==================  ==================================
+    --studies 20 --workers 1     8.4 images/s        15.4 images/s  (64.8 ms/image)
+    --studies 20 --workers 2     11.0 images/s       24.9 images/s  (40.1 ms/image)
+    --studies 40 --workers 2     13.9 images/s       28.3 images/s  (35.3 ms/image)
+    ===========================  ==================  ==================================
 
-Where the time went (CPU per 512 px image, in-process, per-study minima): ray integrals
-46 -> 15 ms per view (row bands that merge only the solids reaching them, exact quadric
-boxes, cached inverses, a discriminant without float32 cancellation); the intact twin of a
-fractured view rendered and processed only around its sites; noise from OpenCV's
-generator; the trabecular texture filtered in the frequency domain; large blurs at
-power-of-two reductions; and with ``--workers n`` the calling process renders too while
-its ``n - 1`` helpers start.
+On a shared machine the figures fall with the other load (with ~1.7 cores of other work
+running, an earlier state of this code gave 12.1 against 6.2 images/s for ``--studies 20
+--workers 2``): compare runs made side by side.
+
+Where the time went (CPU per 512 px image, in-process): ray integrals 46 -> 15 ms per
+view (row bands that merge only the solids reaching them, exact quadric boxes, cached
+inverses, a discriminant without float32 cancellation); the intact twin of a fractured
+view rendered and processed only around its sites; noise from OpenCV's generator; the
+trabecular texture filtered in the frequency domain; large blurs at power-of-two
+reductions; and with ``--workers n`` the calling process renders and writes too while its
+``n - 1`` render-only helpers start (0.3 s, without pydicom).
 """
 
 from __future__ import annotations
