@@ -5,8 +5,8 @@ Generates ``--studies`` studies into a temporary folder (DICOM files and manifes
 size; ``--repeat`` keeps the best of several runs (the machine may be shared).
 ``--baseline DIR`` also times another copy of the package (``DIR/models/synth``, e.g. an
 older commit: ``git archive <rev> models/__init__.py models/synth | tar -x -C DIR``) in
-a child process, run by
-run alternately with this one, so both figures come from the same minutes:
+a child process, run by run alternately with this one, so both figures come from the same
+minutes:
 
     .venv/bin/python benchmarks/synth_speed.py --studies 40 --sizes 512 --workers 2
     .venv/bin/python benchmarks/synth_speed.py --studies 20 --sizes 512 --workers 2 \\
