@@ -90,6 +90,10 @@ class TrainConfig:
     # Stop after this many epochs of an ``epochs``-long schedule (the learning-rate schedule
     # still spans ``epochs``); None runs them all.
     stop_after: int | None = None
+    # Parameter-name prefixes whose weights stay fixed (``--freeze features.0``): fine-tuning
+    # on a CPU trains ~2x faster with the stem and first stage frozen, and frozen batch-norm
+    # layers keep their running statistics (they stay in eval mode).
+    freeze: tuple[str, ...] = ()
     # Options of the model type (``--option name=value``), read by its TrainingSpec through
     # ``LossContext.option`` and its ``architecture`` hook, e.g. STL's alpha or seed 003's r_l.
     options: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +117,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be positive and lr > 0")
         if self.loader_workers < 0:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
+        if any(not prefix.strip() for prefix in self.freeze):
+            raise ValueError("freeze prefixes must not be empty")
 
 
 @dataclass
@@ -242,11 +248,16 @@ def _train(
     earlier: dict[str, Any] | None = None
     if config.init_from is not None:
         earlier = _initialise_from(network, arch, Path(config.init_from))
-    network.to(device)
+    frozen = _freeze(network, config.freeze)
+    # Channels-last runs the convolutions of a ResNet ~1.5x faster on a CPU (oneDNN) and on
+    # tensor cores; the weights it saves are the same tensors.
+    network.to(device, memory_format=torch.channels_last)
     use_weights = config.balance in ("weights", "both")
     weights = class_weights(labels, len(classes)) if use_weights else None
     groups = ([(list(network.parameters()), 1.0)] if hooks.param_groups is None
               else hooks.param_groups(network, config))
+    groups = [([p for p in params if p.requires_grad], factor) for params, factor in groups]
+    groups = [(params, factor) for params, factor in groups if params]
     _check_groups(network, groups)
     max_lrs = [config.lr * factor for _, factor in groups]
     optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for (p, _), lr in
@@ -286,9 +297,13 @@ def _train(
         if hooks.on_epoch_start is not None:
             hooks.on_epoch_start(network, ctx, train_set)
         network.train()
+        for module in frozen:
+            module.eval()
         total, count = 0.0, 0
         for step, batch in enumerate(loader, start=1):
             batch = batch.to(device, non_blocking=True)
+            if batch.images.dim() == 4:
+                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 loss = hooks.loss(network, batch, ctx).float()
             if not torch.isfinite(loss):
@@ -346,10 +361,29 @@ def _train(
     return TrainResult(best_checkpoint=best_path, last_checkpoint=last_path, summary=summary)
 
 
+def _freeze(network: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Module]:
+    """Fix the parameters under each name prefix; returns the frozen modules (kept in eval
+    mode while training, so their batch-norm statistics stay as they were)."""
+    modules = dict(network.named_modules())
+    frozen = []
+    for prefix in prefixes:
+        if prefix not in modules:
+            raise ValueError(f"--freeze {prefix}: no such module; top-level modules: "
+                             f"{sorted(n for n in modules if n and '.' not in n)}")
+        frozen.append(modules[prefix])
+        for param in modules[prefix].parameters():
+            param.requires_grad_(False)
+    if frozen and not any(p.requires_grad for p in network.parameters()):
+        raise ValueError("--freeze leaves no parameter to train")
+    return frozen
+
+
 def _check_groups(network: nn.Module, groups: list[tuple[list[nn.Parameter], float]]) -> None:
     seen = [id(p) for params, _ in groups for p in params]
-    if len(seen) != len(set(seen)) or set(seen) != {id(p) for p in network.parameters()}:
-        raise ValueError("param_groups must list every network parameter exactly once")
+    trainable = {id(p) for p in network.parameters() if p.requires_grad}
+    if len(seen) != len(set(seen)) or set(seen) != trainable:
+        raise ValueError("param_groups must list every trainable network parameter exactly "
+                         "once")
     if any(not factor > 0 for _, factor in groups):
         raise ValueError("param_groups learning-rate factors must be positive")
 

@@ -118,6 +118,9 @@ def train(
     name: Annotated[str | None, typer.Option(help="Model name in the metadata")] = None,
     option: Annotated[list[str] | None, typer.Option(
         help="Model-type option NAME=VALUE (repeatable), e.g. --option alpha=0.1")] = None,
+    freeze: Annotated[list[str] | None, typer.Option(
+        help="Keep the weights under this module name fixed (repeatable), e.g. "
+             "--freeze features.0")] = None,
 ) -> None:
     """Train a model and write a checkpoint that carries its metadata.
 
@@ -151,6 +154,7 @@ def train(
             init_from=str(init_from) if init_from else None, stop_after=stop_after,
             name=name or ("demo_global_pool" if demo else model_type),
             synthetic_demo=demo or synthetic, options=options,
+            freeze=tuple(freeze or ()),
         )
     except ValueError as exc:
         _fail(str(exc))
