@@ -28,21 +28,23 @@ first and pass the prepared ones to ``predict``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pydicom
 import torch
 from torch import nn
 
+from .findings import FINDING_EXTENT, Finding, extract_findings
 from .preprocess import PreparedView, prepare_view, warp_to_original
 from .supervision import TrainingSpec
 
 __all__ = [
+    "BUILTIN_MODEL_TYPES",
     "CHECKPOINT_FORMAT",
     "DEMO_WEIGHTS",
     "FINDING_EXTENT",
@@ -107,22 +109,6 @@ class ModelMetadata:
 
 
 @dataclass(frozen=True)
-class Finding:
-    """A fracture candidate in original pixel coordinates."""
-
-    score: float
-    point: tuple[float, float]
-    box: tuple[float, float, float, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "score": self.score,
-            "point": list(self.point),
-            "box": None if self.box is None else list(self.box),
-        }
-
-
-@dataclass(frozen=True)
 class ViewPrediction:
     """The model's answer for one view (see the module docstring)."""
 
@@ -151,6 +137,18 @@ class ModelTypeSpec:
 
 _MODEL_TYPES: dict[str, ModelTypeSpec] = {}
 
+# The model types this package ships: name -> module that registers it (the seed papers'
+# methods, one module each in models/zoo).
+BUILTIN_MODEL_TYPES: dict[str, str] = {
+    "global_pool": "models.zoo.global_pool",  # seed 000 §II.C.3
+    "localize_classify": "models.zoo.localize_classify",  # seed 002
+    "mvcnn": "models.zoo.mvcnn",  # seed 004 §5.3
+    "stl": "models.zoo.stl",  # seed 000 §II.C.4
+    "stn": "models.zoo.stn",  # seed 000 §II.C.5
+    "two_stage": "models.zoo.two_stage",  # seed 001
+    "window_fpn": "models.zoo.window_fpn",  # seed 003
+}
+
 
 def register_model_type(name: str, spec: ModelTypeSpec) -> None:
     """Make ``name`` loadable from checkpoints."""
@@ -166,16 +164,21 @@ def model_types() -> tuple[str, ...]:
 
 def model_type_spec(name: str) -> ModelTypeSpec:
     """The registered spec of model type ``name`` (ValueError naming the known ones)."""
-    _register_builtin()
+    _register_builtin(name)
     spec = _MODEL_TYPES.get(name)
     if spec is None:
         raise ValueError(f"unknown model type {name!r}; known: {sorted(_MODEL_TYPES)}")
     return spec
 
 
-def _register_builtin() -> None:
-    # Imported lazily so that importing the registry stays cheap and cycle-free.
-    from . import builtin_types  # noqa: F401
+def _register_builtin(name: str | None = None) -> None:
+    """Import the module of built-in type ``name`` (all of them when None), which registers
+    it. The registry imports no model type itself: it stays a leaf that types register into
+    (as torchvision's ``models._api`` does), and a process pays only for the types it loads."""
+    names = BUILTIN_MODEL_TYPES if name is None else [name] if name in BUILTIN_MODEL_TYPES else []
+    for builtin in names:
+        if builtin not in _MODEL_TYPES:
+            importlib.import_module(BUILTIN_MODEL_TYPES[builtin])
 
 
 def save_checkpoint(path: Path, network: nn.Module, metadata: ModelMetadata) -> None:
@@ -191,7 +194,6 @@ def save_checkpoint(path: Path, network: nn.Module, metadata: ModelMetadata) -> 
 
 def load_model(path: Path | str | None = None, *, device: str | None = None) -> FractureModel:
     """Load a checkpoint (the demo weights when ``path`` is None)."""
-    _register_builtin()
     path = Path(path) if path is not None else DEMO_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
@@ -199,10 +201,10 @@ def load_model(path: Path | str | None = None, *, device: str | None = None) -> 
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a pacs-node checkpoint ({CHECKPOINT_FORMAT})")
     metadata = ModelMetadata.from_dict(blob["metadata"])
-    spec = _MODEL_TYPES.get(metadata.model_type)
-    if spec is None:
-        raise ValueError(f"{path}: unknown model type {metadata.model_type!r}; "
-                         f"known: {sorted(_MODEL_TYPES)}")
+    try:
+        spec = model_type_spec(metadata.model_type)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     network = spec.build(**metadata.architecture)
     network.load_state_dict(blob["state_dict"])
     return FractureModel(metadata, network, spec, device=device)
@@ -307,52 +309,3 @@ class FractureModel:
             heatmap=original,
             findings=extract_findings(original, self.metadata.finding_threshold),
         )
-
-
-# Seed 000 §III draws a CAM's boxes around the regions above 60 of its [0, 255]-normalised
-# intensities: a finding's box spans the pixels connected to its peak that reach this
-# fraction of the peak's value.
-FINDING_EXTENT = 60.0 / 255.0
-
-
-def extract_findings(heatmap: np.ndarray, threshold: float,
-                     extent: float = FINDING_EXTENT) -> tuple[Finding, ...]:
-    """Fracture candidates in ``heatmap``, best first.
-
-    A finding is a connected region of ``heatmap >= threshold``; its score is the region's
-    peak value and its point the peak's location (seed 003 "Evaluation metrics": components
-    become boxes). Its box is the extent of the pixels connected to that peak where
-    ``heatmap >= extent * score`` (:data:`FINDING_EXTENT`, seed 000 §III) and that no
-    stronger finding holds, so the box covers the evidence around a peak rather than only the
-    pixels above the decision threshold, and boxes of separate findings do not overlap.
-    A region whose peak lies inside a stronger finding's extent is merged into it.
-    """
-    if not 0.0 < extent <= 1.0:
-        raise ValueError(f"extent must lie in (0, 1], got {extent}")
-    heat = np.ascontiguousarray(heatmap, dtype=np.float32)
-    mask = (heat >= threshold).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    peaks = []
-    for label in range(1, count):
-        x, y, w, h = (int(v) for v in stats[label, :4])
-        window = np.where(labels[y:y + h, x:x + w] == label, heat[y:y + h, x:x + w], -1.0)
-        row, col = np.unravel_index(int(np.argmax(window)), window.shape)
-        peaks.append((float(window[row, col]), x + int(col), y + int(row)))
-    peaks.sort(key=lambda p: -p[0])
-    findings: list[Finding] = []
-    # One flood-fill mask for all findings (1 px border, as cv2.floodFill wants): the cost
-    # follows the size of each extent, not of the image.
-    claimed = np.zeros((heat.shape[0] + 2, heat.shape[1] + 2), dtype=np.uint8)
-    flags = 8 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (1 << 8)
-    for score, px, py in peaks:
-        if claimed[py + 1, px + 1]:
-            continue  # inside a stronger finding's extent
-        _, _, _, (x, y, w, h) = cv2.floodFill(heat, claimed, (px, py), 0.0,
-                                              loDiff=score * (1.0 - extent), upDiff=1.0,
-                                              flags=flags)
-        findings.append(Finding(
-            score=score,
-            point=(float(px), float(py)),
-            box=(float(x), float(y), float(x + w - 1), float(y + h - 1)),
-        ))
-    return tuple(findings)

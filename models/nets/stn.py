@@ -134,7 +134,7 @@ def square_roi_boxes(theta: torch.Tensor, height: int, width: int) -> torch.Tens
     ``2 * sqrt(|det A|)`` in normalised units, A the 2 x 2 part), so for a similarity
     transform it is the grid itself. Boxes are in pixels with pixel centres at integers,
     (x0, y0) and (x1, y1) the first and last covered pixel centres (the manifest's and
-    :func:`models.registry.extract_findings`' convention): the identity gives
+    :func:`models.findings.extract_findings`' convention): the identity gives
     ``(0, 0, width - 1, height - 1)``. Boxes are not clipped to the image.
     """
     if theta.dim() != 3 or theta.shape[1:] != (2, 3):

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import GradCAM
 from torch import nn
 
 from ..nets.localize_classify import LocalizerClassifier, params_to_box, paste_roi_maps, roi_l2
@@ -60,6 +59,9 @@ def _roi_grad_cam(
     """
     classifier = network.classifier
     was_training = classifier.training
+    # Imported here: pytorch-grad-cam pulls in matplotlib and more (~1 s per process).
+    from pytorch_grad_cam import GradCAM
+
     cam = GradCAM(model=classifier, target_layers=[classifier.features])
     try:
         maps = cam(input_tensor=crops, targets=[_fracture_log_odds] * len(crops))

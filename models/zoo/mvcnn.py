@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..builtin_types import global_pool_architecture
 from ..nets import fracture_heatmap
 from ..nets.mvcnn import MultiViewClassifier
 from ..registry import ModelTypeSpec, register_model_type
 from ..supervision import LossContext, TrainBatch, TrainingSpec
+from .global_pool import global_pool_architecture
 
 if TYPE_CHECKING:
     pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.registry import FINDING_EXTENT, extract_findings
+from models.findings import FINDING_EXTENT, extract_findings
 
 
 def _blob(shape: tuple[int, int], centre: tuple[int, int], peak: float, sigma: float

@@ -1,4 +1,4 @@
-"""The model types this package ships, registered with :mod:`models.registry`."""
+"""Global pooling classifier (seed 000 §II.C.3): the demo model's type."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import GlobalPoolClassifier, fracture_heatmap
-from .registry import ModelTypeSpec, register_model_type
-from .supervision import LossContext, TrainBatch, TrainingSpec
+from ..nets import GlobalPoolClassifier, fracture_heatmap
+from ..registry import ModelTypeSpec, register_model_type
+from ..supervision import LossContext, TrainBatch, TrainingSpec
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
-__all__: list[str] = []
+__all__ = ["global_pool_architecture"]
 
 
 def _infer_global_pool(
@@ -55,7 +55,3 @@ register_model_type(
         training=TrainingSpec(architecture=global_pool_architecture, loss=_global_pool_loss),
     ),
 )
-
-# The seed papers' other model types, one module each in models/zoo (imported for their
-# register_model_type side effect).
-from . import zoo  # noqa: E402,F401
