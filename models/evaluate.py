@@ -4,6 +4,13 @@ Every view of a data set (DICOM + manifest) is run through the model exactly as 
 runs it (:meth:`models.registry.FractureModel.predict`). One prediction record per view is
 kept; all metrics are computed from these records (:func:`metrics_from_records`), and the
 records are what ``--predictions-out`` writes, so any figure can be recomputed from the file.
+
+Views are predicted without abstaining, each record carrying its domain check
+(:mod:`models.domain`): the headline metrics are over the views the node would analyse
+(those that pass), ``all_views`` over every view, and ``domain`` gives the pass rate.
+``artifact_findings`` counts negative views whose reported findings (as the node reports
+them: none below the threshold, at most ``max_findings``) peak on an artifact the generator
+drew (side marker, burned-in text, ruler, collimator shutter, hardware).
 """
 
 from __future__ import annotations
@@ -17,10 +24,18 @@ import numpy as np
 import pydicom
 
 from .data import LABEL_SETS, read_manifest, view_class
+from .findings import reported_findings
 from .metrics import binary_metrics, box_map, froc, heatmap_boxes, multiclass_metrics
 from .registry import FractureModel
 
-__all__ = ["FROC_THRESHOLDS", "evaluate", "metrics_from_records", "predict_records"]
+__all__ = ["ARTIFACT_FINDING_KINDS", "FROC_THRESHOLDS", "evaluate", "metrics_from_records",
+           "predict_records"]
+
+# Artifacts a reported finding must never sit on (the generator's truth, models.synth); a
+# cast or grid covers the whole image and is not counted.
+ARTIFACT_FINDING_KINDS = ("marker", "text", "ruler", "collimator", "hardware")
+# A finding's peak within this many pixels of an artifact box counts as on it (an edge).
+ARTIFACT_MARGIN = 4.0
 
 # Operating points of the FROC curve (seed 003): heatmap thresholds.
 FROC_THRESHOLDS: tuple[float, ...] = tuple(round(t, 3) for t in np.linspace(0.05, 0.95, 19))
@@ -46,8 +61,11 @@ def predict_records(
     for start in range(0, len(entries), batch_size):
         chunk = entries[start:start + batch_size]
         datasets = [pydicom.dcmread(root / e["path"]) for e in chunk]
-        for entry, pred in zip(chunk, model.predict(datasets, batch_size=batch_size), strict=True):
+        predictions = model.predict(datasets, batch_size=batch_size, allow_uncalibrated=True,
+                                    abstain=False)
+        for entry, pred in zip(chunk, predictions, strict=True):
             heat = pred.heatmap
+            assert heat is not None  # abstain=False keeps every answer
             row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
             records.append({
                 "sop_instance_uid": entry["sop_instance_uid"],
@@ -59,6 +77,8 @@ def predict_records(
                 "score": pred.fracture_probability,
                 "probabilities": pred.probabilities,
                 "findings": [f.to_dict() for f in pred.findings],
+                "domain": pred.domain.to_dict(),
+                "artifacts": entry.get("artifacts") or [],
                 "peak": [float(col), float(row)],
                 "gt_points": entry.get("points") or [],
                 "gt_boxes": entry.get("boxes") or [],
@@ -70,11 +90,49 @@ def predict_records(
     return records
 
 
+def _on_artifact(point: Iterable[float], artifacts: list[dict[str, Any]]) -> str | None:
+    x, y = point
+    m = ARTIFACT_MARGIN
+    for artifact in artifacts:
+        x0, y0, x1, y1 = artifact["box"]
+        if (artifact["kind"] in ARTIFACT_FINDING_KINDS
+                and x0 - m <= x <= x1 + m and y0 - m <= y <= y1 + m):
+            return str(artifact["kind"])
+    return None
+
+
+def artifact_findings(records: list[dict[str, Any]], *, threshold: float = 0.5,
+                      max_findings: int = 3) -> dict[str, Any]:
+    """Negative views with a reported finding whose peak lies on an artifact."""
+    negatives = [r for r in records if r["label"] == 0]
+    by_kind: dict[str, int] = {}
+    hits = 0
+    for r in negatives:
+        shown = reported_findings(r["findings"], r["score"], threshold, max_findings)
+        kinds = {k for f in shown if (k := _on_artifact(f["point"], r["artifacts"]))}
+        hits += bool(kinds)
+        for kind in kinds:
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+    return {"negative_views": len(negatives), "views_with_finding_on_artifact": hits,
+            "rate": hits / len(negatives) if negatives else float("nan"), "by_kind": by_kind}
+
+
 def metrics_from_records(records: list[dict[str, Any]], classes: tuple[str, ...],
-                         *, threshold: float = 0.5) -> dict[str, Any]:
+                         *, threshold: float = 0.5, max_findings: int = 3) -> dict[str, Any]:
     """All figures of the report, computed only from prediction records."""
     if not records:
         raise ValueError("no prediction records to evaluate")
+    everything = records
+    calibrated = all(r["domain"]["calibrated"] for r in records)
+    passing = [r for r in records if r["domain"]["in_domain"]] if calibrated else records
+    domain = {"calibrated": calibrated, "views": len(records), "passed": len(passing),
+              "pass_rate": len(passing) / len(records)}
+    if not passing:
+        return {"views": 0, "domain": domain,
+                "all_views": metrics_from_records(
+                    [{**r, "domain": {**r["domain"], "calibrated": False}} for r in records],
+                    classes, threshold=threshold, max_findings=max_findings)}
+    records = passing
     labels = np.array([r["label"] for r in records], dtype=int)
     scores = np.array([r["score"] for r in records], dtype=float)
     out: dict[str, Any] = {"views": len(records), "positives": int(labels.sum()),
@@ -104,6 +162,15 @@ def metrics_from_records(records: list[dict[str, Any]], classes: tuple[str, ...]
     result = froc(per_image, [r["gt_points"] for r in records])
     out["froc"] = {"froc_score": result["froc_score"],
                    "recall_at_0.1fp": result["recall_at_0.1fp"]}
+    out["artifact_findings"] = artifact_findings(records, threshold=threshold,
+                                                 max_findings=max_findings)
+    out["domain"] = domain
+    if calibrated:
+        labels_all = np.array([r["label"] for r in everything], dtype=int)
+        scores_all = np.array([r["score"] for r in everything], dtype=float)
+        out["all_views"] = {"views": len(everything), "positives": int(labels_all.sum()),
+                            "binary": binary_metrics(labels_all, scores_all,
+                                                     threshold=threshold)}
     return out
 
 
@@ -113,6 +180,7 @@ def evaluate(
     *,
     predictions_out: Path | None = None,
     batch_size: int = 8,
+    max_findings: int = 3,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Predict every view at ``root``, optionally write the records, and return the metrics."""
@@ -123,8 +191,8 @@ def evaluate(
         with predictions_out.open("w", encoding="utf-8") as fh:
             for record in records:
                 fh.write(json.dumps(record) + "\n")
-    report = metrics_from_records(records, model.metadata.classes,
-                                  threshold=0.5)
+    report = metrics_from_records(records, model.metadata.classes, threshold=0.5,
+                                  max_findings=max_findings)
     report["model"] = {
         "name": model.metadata.name,
         "version": model.metadata.version,

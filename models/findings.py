@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
-__all__ = ["FINDING_EXTENT", "Finding", "extract_findings"]
+__all__ = ["FINDING_EXTENT", "Finding", "extract_findings", "reported_findings"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,18 @@ def extract_findings(heatmap: np.ndarray, threshold: float,
             box=(float(x), float(y), float(x + w - 1), float(y + h - 1)),
         ))
     return tuple(findings)
+
+
+_F = TypeVar("_F")
+
+
+def reported_findings(findings: Sequence[_F], probability: float | None, threshold: float,
+                      max_findings: int) -> tuple[_F, ...]:
+    """The findings a reader is shown: none on a view the model calls negative or did not
+    analyse (boxes on a "no fracture" overlay read as findings), at most ``max_findings``
+    (the strongest, ``findings`` being best first) on a positive one."""
+    if max_findings < 0:
+        raise ValueError(f"max_findings must be >= 0, got {max_findings}")
+    if probability is None or probability < threshold:
+        return ()
+    return tuple(findings[:max_findings])

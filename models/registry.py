@@ -17,7 +17,12 @@ radiograph or an already :class:`~models.preprocess.PreparedView`, and returns o
   in [0, 1], the per-pixel fracture evidence;
 - ``findings``: fracture candidates, highest score first, each with a score, a point and a
   box in original pixel coordinates ((x, y) = (column, row), centre of the top-left pixel at
-  (0, 0)).
+  (0, 0));
+- ``domain``: the domain check (:class:`~models.domain.DomainCheck`): score, threshold and
+  whether the view looks like the model's training data. A view that fails it, or any view
+  of a model without calibration unless the caller allows that, is not analysed:
+  ``probabilities``, ``fracture_probability`` and ``heatmap`` are None and there are no
+  findings; ``not_analysed_reason`` says why.
 
 Views are batched, run under ``torch.inference_mode`` on CUDA when available (else CPU).
 A view that cannot be decoded raises :class:`~models.preprocess.PreprocessError` from
@@ -39,6 +44,7 @@ import pydicom
 import torch
 from torch import nn
 
+from .domain import DomainCheck, DomainStats, pooled_features
 from .findings import FINDING_EXTENT, Finding, extract_findings
 from .preprocess import PreparedView, prepare_view, warp_to_original
 from .supervision import TrainingSpec
@@ -53,11 +59,14 @@ __all__ = [
     "ModelMetadata",
     "ModelTypeSpec",
     "ViewPrediction",
+    "extract_findings",
     "load_model",
+    "read_checkpoint",
     "model_type_spec",
     "model_types",
     "register_model_type",
     "save_checkpoint",
+    "set_domain_calibration",
 ]
 
 CHECKPOINT_FORMAT = "pacs-node-model/1"
@@ -83,6 +92,10 @@ class ModelMetadata:
     synthetic_demo: bool = False
     intended_use: str = ""
     finding_threshold: float = 0.5
+    # What the model was trained for: normalised body parts (seed 004 §4.2.2.1) and view
+    # positions, {"body_parts": [...], "view_positions": [...]}; empty when unknown. With no
+    # route naming body parts, the workers send a view to a model only inside its scope.
+    scope: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2 or self.classes[0] != "normal":
@@ -107,15 +120,32 @@ class ModelMetadata:
             raise ValueError(f"unknown checkpoint metadata keys: {sorted(unknown)}")
         return cls(**{**data, "classes": tuple(data["classes"])})
 
+    @property
+    def body_parts(self) -> tuple[str, ...]:
+        return tuple(self.scope.get("body_parts", ()))
+
 
 @dataclass(frozen=True)
 class ViewPrediction:
-    """The model's answer for one view (see the module docstring)."""
+    """The model's answer for one view (see the module docstring).
 
-    probabilities: dict[str, float]
-    fracture_probability: float
-    heatmap: np.ndarray
+    A view that failed the domain check (``domain.in_domain`` False) has no probabilities,
+    no heatmap and no findings when ``predict`` abstains: the model did not judge it.
+    """
+
+    probabilities: dict[str, float] | None
+    fracture_probability: float | None
+    heatmap: np.ndarray | None
     findings: tuple[Finding, ...]
+    domain: DomainCheck = DomainCheck(in_domain=True, calibrated=False)
+
+    @property
+    def analysed(self) -> bool:
+        return self.fracture_probability is not None
+
+    @property
+    def not_analysed_reason(self) -> str:
+        return "" if self.analysed else self.domain.reason()
 
 
 @dataclass(frozen=True)
@@ -125,14 +155,18 @@ class ModelTypeSpec:
     ``build(**architecture)`` returns the network; ``infer(network, batch)`` maps a float
     batch (N, 1, S, S) to class probabilities (N, C) and heatmaps (N, S, S) in [0, 1].
     ``training`` (:class:`models.supervision.TrainingSpec`) makes the type trainable by
-    ``pacs-node train``. A study-level type also has ``infer_study(network, views, mask)``:
-    views (N, V, 1, S, S) with a (N, V) bool mask of real views -> study probabilities (N, C).
+    ``pacs-node train``. ``feature_layer`` names the layer the domain check reads. A
+    study-level type also has ``infer_study(network, views, mask)``: views (N, V, 1, S, S)
+    with a (N, V) bool mask of real views -> study probabilities (N, C).
     """
 
     build: Callable[..., nn.Module]
     infer: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     training: TrainingSpec | None = None
     infer_study: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # The module (a name in ``network.named_modules()``) whose maps feed the domain check
+    # (:mod:`models.domain`): a late convolutional layer that every view passes through.
+    feature_layer: str = ""
 
 
 _MODEL_TYPES: dict[str, ModelTypeSpec] = {}
@@ -181,25 +215,52 @@ def _register_builtin(name: str | None = None) -> None:
             importlib.import_module(BUILTIN_MODEL_TYPES[builtin])
 
 
-def save_checkpoint(path: Path, network: nn.Module, metadata: ModelMetadata) -> None:
-    """Write ``network``'s weights and ``metadata`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(path: Path, network: nn.Module, metadata: ModelMetadata, *,
+                    domain: DomainStats | None = None) -> None:
+    """Write ``network``'s weights, ``metadata`` and the domain-check statistics (if any)
+    to ``path`` atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    blob: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "metadata": metadata.to_dict(),
+                            "state_dict": state}
+    if domain is not None:
+        blob["domain"] = domain.to_blob()
+    _write_blob(Path(path), blob)
+
+
+def _write_blob(path: Path, blob: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "metadata": metadata.to_dict(), "state_dict": state},
-               tmp)
+    torch.save(blob, tmp)
     tmp.replace(path)
 
 
-def load_model(path: Path | str | None = None, *, device: str | None = None) -> FractureModel:
-    """Load a checkpoint (the demo weights when ``path`` is None)."""
-    path = Path(path) if path is not None else DEMO_WEIGHTS
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The raw checkpoint dictionary (format checked; loads no code)."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a pacs-node checkpoint ({CHECKPOINT_FORMAT})")
+    return blob
+
+
+def set_domain_calibration(path: Path | str, domain: DomainStats,
+                           scope: dict[str, list[str]] | None = None) -> None:
+    """Add (or replace) the domain-check statistics of the checkpoint at ``path``, and its
+    scope when ``scope`` is given; the weights stay as they are."""
+    blob = read_checkpoint(path)
+    blob["domain"] = domain.to_blob()
+    if scope is not None:
+        blob["metadata"] = {**blob["metadata"], "scope": scope}
+        ModelMetadata.from_dict(blob["metadata"])  # still valid
+    _write_blob(Path(path), blob)
+
+
+def load_model(path: Path | str | None = None, *, device: str | None = None) -> FractureModel:
+    """Load a checkpoint (the demo weights when ``path`` is None)."""
+    path = Path(path) if path is not None else DEMO_WEIGHTS
+    blob = read_checkpoint(path)
     metadata = ModelMetadata.from_dict(blob["metadata"])
     try:
         spec = model_type_spec(metadata.model_type)
@@ -207,7 +268,8 @@ def load_model(path: Path | str | None = None, *, device: str | None = None) -> 
         raise ValueError(f"{path}: {exc}") from None
     network = spec.build(**metadata.architecture)
     network.load_state_dict(blob["state_dict"])
-    return FractureModel(metadata, network, spec, device=device)
+    domain = DomainStats.from_blob(blob["domain"]) if "domain" in blob else None
+    return FractureModel(metadata, network, spec, device=device, domain=domain)
 
 
 class FractureModel:
@@ -220,11 +282,24 @@ class FractureModel:
         spec: ModelTypeSpec,
         *,
         device: str | None = None,
+        domain: DomainStats | None = None,
     ) -> None:
         self.metadata = metadata
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.network = network.to(self.device).eval()
         self._spec = spec
+        self.domain = domain
+        self._feature_module = (dict(network.named_modules())[spec.feature_layer]
+                                if spec.feature_layer else None)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the checkpoint carries domain-check statistics (``pacs-node calibrate``)."""
+        return self.domain is not None
+
+    @property
+    def feature_layer(self) -> str:
+        return self._spec.feature_layer
 
     @property
     def notice(self) -> str:
@@ -273,33 +348,66 @@ class FractureModel:
         views: Sequence[pydicom.Dataset | PreparedView],
         *,
         batch_size: int = 8,
+        allow_uncalibrated: bool = False,
+        abstain: bool = True,
     ) -> list[ViewPrediction]:
-        """One :class:`ViewPrediction` per view, in order (see the module docstring)."""
+        """One :class:`ViewPrediction` per view, in order (see the module docstring).
+
+        Every view goes through the domain check (:mod:`models.domain`). A view outside the
+        training domain, or any view of a model without calibration unless
+        ``allow_uncalibrated``, gets no probability, heatmap or findings when ``abstain``
+        (the workers); ``abstain=False`` keeps them beside the check (evaluation).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         prepared = [v if isinstance(v, PreparedView) else self.prepare(v) for v in views]
         results: list[ViewPrediction] = []
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start:start + batch_size]
-            probs, heatmaps = self.infer_arrays([p.image for p in chunk])
-            for view, p, h in zip(chunk, probs, heatmaps, strict=True):
-                results.append(self._view_prediction(view, p, h))
+            probs, heatmaps, features = self.infer_arrays([p.image for p in chunk])
+            if self.domain is not None:
+                checks = self.domain.check(features)
+            else:
+                checks = [DomainCheck(in_domain=allow_uncalibrated, calibrated=False)] * len(chunk)
+            for view, p, h, check in zip(chunk, probs, heatmaps, checks, strict=True):
+                results.append(self._view_prediction(view, p, h, check, abstain=abstain))
         return results
 
-    def infer_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N, C) and input-grid heatmaps (N, S, S) for prepared images."""
+    def infer_arrays(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities (N, C), input-grid heatmaps (N, S, S) and domain-check features
+        (N, D) of prepared images (D = 0 for a model type without a feature layer)."""
         size = self.metadata.input_size
         for img in images:
             if img.shape != (size, size):
                 raise ValueError(f"prepared image has shape {img.shape}, model wants {size}x{size}")
         batch = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))[:, None]
-        with torch.inference_mode():
-            probs, heatmaps = self._spec.infer(self.network, batch.to(self.device))
-        return probs.float().cpu().numpy(), heatmaps.float().cpu().numpy()
+        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        captured: list[torch.Tensor] = []
+        hook = None
+        if self._feature_module is not None:
+            hook = self._feature_module.register_forward_hook(
+                lambda _m, _i, out: captured.append(pooled_features(out.detach())))
+        try:
+            with torch.inference_mode():
+                probs, heatmaps = self._spec.infer(self.network, batch)
+        finally:
+            if hook is not None:
+                hook.remove()
+        # The first pass through the layer is the whole image's (a type may run it again
+        # on crops, e.g. seed 002's classifier on the ROI).
+        features = (captured[0].cpu().numpy() if captured
+                    else np.zeros((len(images), 0), dtype=np.float32))
+        return probs.float().cpu().numpy(), heatmaps.float().cpu().numpy(), features
 
     def _view_prediction(
-        self, view: PreparedView, probs: np.ndarray, heatmap: np.ndarray
+        self, view: PreparedView, probs: np.ndarray, heatmap: np.ndarray, check: DomainCheck,
+        *, abstain: bool,
     ) -> ViewPrediction:
+        if abstain and not check.in_domain:
+            return ViewPrediction(probabilities=None, fracture_probability=None, heatmap=None,
+                                  findings=(), domain=check)
         probabilities = {c: float(p) for c, p in zip(self.metadata.classes, probs, strict=True)}
         original = warp_to_original(heatmap, view.transform, view.original_shape)
         original = np.clip(original, 0.0, 1.0).astype(np.float32, copy=False)
@@ -308,4 +416,5 @@ class FractureModel:
             fracture_probability=float(1.0 - probabilities["normal"]),
             heatmap=original,
             findings=extract_findings(original, self.metadata.finding_threshold),
+            domain=check,
         )

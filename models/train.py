@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .augment import AugmentConfig, Augmenter
+from .calibration import calibrate, scope_of
 from .data import (
     LABEL_SETS,
     AugmentedStudies,
@@ -43,8 +44,10 @@ from .registry import (
     SYNTHETIC_NOTICE,
     ModelMetadata,
     ModelTypeSpec,
+    load_model,
     model_type_spec,
     save_checkpoint,
+    set_domain_calibration,
 )
 from .sampling import balanced_sampler, class_weights
 from .supervision import LossContext
@@ -94,6 +97,9 @@ class TrainConfig:
     # on a CPU trains ~2x faster with the stem and first stage frozen, and frozen batch-norm
     # layers keep their running statistics (they stay in eval mode).
     freeze: tuple[str, ...] = ()
+    # Share of held-out (validation) views the domain check lets pass; best.pt is calibrated
+    # on the training split with the threshold from the validation split (models.domain).
+    domain_pass_rate: float = 0.99
     # Options of the model type (``--option name=value``), read by its TrainingSpec through
     # ``LossContext.option`` and its ``architecture`` hook, e.g. STL's alpha or seed 003's r_l.
     options: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +123,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be positive and lr > 0")
         if self.loader_workers < 0:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
+        if not 0.5 <= self.domain_pass_rate < 1.0:
+            raise ValueError(f"domain_pass_rate must lie in [0.5, 1), got {self.domain_pass_rate}")
         if any(not prefix.strip() for prefix in self.freeze):
             raise ValueError("freeze prefixes must not be empty")
 
@@ -333,7 +341,8 @@ def _train(
             score = -record["train_loss"]
         history.append(record)
         metadata = _metadata(config, arch, classes, data_description, history,
-                             len(train_idx), len(val_idx), earlier, device)
+                             len(train_idx), len(val_idx), earlier, device,
+                             scope=scope_of(data.views))
         save_checkpoint(last_path, network, metadata)
         selectable = hooks.selectable is None or hooks.selectable(ctx)
         if selectable and score > best_score:
@@ -344,7 +353,9 @@ def _train(
         if on_epoch is not None:
             on_epoch(record)
 
+    domain = _calibrate_best(config, best_path, data)
     summary = {
+        "domain": domain,
         "config": _config_dict(config),
         "data": data_description,
         "train_views": len(train_idx),
@@ -376,6 +387,23 @@ def _freeze(network: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Module]:
     if frozen and not any(p.requires_grad for p in network.parameters()):
         raise ValueError("--freeze leaves no parameter to train")
     return frozen
+
+
+def _calibrate_best(config: TrainConfig, best_path: Path, data: PreparedSet) -> dict[str, Any]:
+    """Calibrate the domain check of ``best_path`` (statistics from the training split,
+    threshold from the validation split); returns what the run summary records."""
+    if not data.entries or config.val_fraction == 0:
+        warnings.warn("no validation split: the checkpoint has no domain calibration "
+                      "(run pacs-node calibrate)", stacklevel=3)
+        return {"calibrated": False}
+    model = load_model(best_path)
+    stats = calibrate(model, data, pass_rate=config.domain_pass_rate,
+                      val_fraction=config.val_fraction, seed=config.seed,
+                      batch_size=config.batch_size)
+    set_domain_calibration(best_path, stats)
+    return {"calibrated": True, "threshold": stats.threshold, "pass_rate": stats.pass_rate,
+            "fit_views": stats.fit_views, "threshold_views": stats.threshold_views,
+            "layer": stats.layer}
 
 
 def _check_groups(network: nn.Module, groups: list[tuple[list[nn.Parameter], float]]) -> None:
@@ -417,6 +445,8 @@ def _metadata(
     n_val: int,
     earlier: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    *,
+    scope: dict[str, list[str]] | None = None,
 ) -> ModelMetadata:
     training: dict[str, Any] = {
         "data": data_description,
@@ -444,4 +474,5 @@ def _metadata(
         training=training,
         synthetic_demo=config.synthetic_demo,
         intended_use=SYNTHETIC_NOTICE if config.synthetic_demo else "research use",
+        scope=scope or {},
     )

@@ -6,7 +6,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -118,6 +118,8 @@ def train(
     name: Annotated[str | None, typer.Option(help="Model name in the metadata")] = None,
     option: Annotated[list[str] | None, typer.Option(
         help="Model-type option NAME=VALUE (repeatable), e.g. --option alpha=0.1")] = None,
+    domain_pass_rate: Annotated[float, typer.Option(
+        min=0.5, max=0.999, help="Share of validation views the domain check lets pass")] = 0.99,
     freeze: Annotated[list[str] | None, typer.Option(
         help="Keep the weights under this module name fixed (repeatable), e.g. "
              "--freeze features.0")] = None,
@@ -154,7 +156,7 @@ def train(
             init_from=str(init_from) if init_from else None, stop_after=stop_after,
             name=name or ("demo_global_pool" if demo else model_type),
             synthetic_demo=demo or synthetic, options=options,
-            freeze=tuple(freeze or ()),
+            freeze=tuple(freeze or ()), domain_pass_rate=domain_pass_rate,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -216,8 +218,15 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
     predictions_out: Annotated[Path | None, typer.Option(help="One JSON line per image")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_findings: Annotated[int, typer.Option(
+        min=0, help="Findings reported per positive view (as pipeline.max_findings)")] = 3,
 ) -> None:
-    """Evaluate a checkpoint with the seed papers' metrics."""
+    """Evaluate a checkpoint with the seed papers' metrics.
+
+    Headline figures are over the views that pass the model's domain check (the views the
+    node would analyse); the report also gives the pass rate, the figures over all views,
+    and how many negative views get a reported finding on a generator artifact.
+    """
     from models.evaluate import evaluate as run_evaluation
     from models.registry import load_model
 
@@ -230,10 +239,19 @@ def evaluate(
         task = bar.add_task("evaluating views", total=None)
         report = run_evaluation(
             model, data, predictions_out=predictions_out, batch_size=batch_size,
-            progress=lambda d, t: bar.update(task, completed=d, total=t),
+            max_findings=max_findings, progress=lambda d, t: bar.update(task, completed=d, total=t),
         )
     if json_out:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    d = report["domain"]
+    if d["calibrated"]:
+        console.print(f"domain check: {d['passed']} of {d['views']} views pass "
+                      f"({100 * d['pass_rate']:.1f}%)")
+    else:
+        console.print("[yellow]the model has no domain calibration: every view counted[/yellow]")
+    if "binary" not in report:
+        _fail("no view passed the domain check: nothing to score")
         return
     b = report["binary"]
     console.print(f"[bold]{report['model']['name']}[/bold] {report['model']['version']} "
@@ -246,8 +264,56 @@ def evaluate(
     if "localization" in report:
         console.print(f"box mAP {report['localization']['map']:.4f}  CAM peak in box "
                       f"{report['cam_peak_in_box']['rate']:.4f}")
+    a = report["artifact_findings"]
+    if a["negative_views"]:
+        console.print(f"negative views with a finding on an artifact: "
+                      f"{a['views_with_finding_on_artifact']} of {a['negative_views']} "
+                      f"({100 * a['rate']:.1f}%) {a['by_kind'] or ''}")
+    if "all_views" in report:
+        console.print(f"all {report['all_views']['views']} views, domain check ignored: "
+                      f"AUROC {report['all_views']['binary']['auroc']:.4f}")
     if report["model"]["notice"]:
         console.print(f"[yellow]{report['model']['notice']}[/yellow]")
+
+
+@app.command()
+def calibrate(
+    weights: Annotated[Path, typer.Option(help="Checkpoint to calibrate (rewritten in place)")],
+    data: Annotated[Path, typer.Option(
+        help="In-domain data set folder (DICOM + manifest.jsonl), e.g. the training data")],
+    pass_rate: Annotated[float, typer.Option(
+        min=0.5, max=0.999, help="Share of held-out in-domain views that must pass")] = 0.99,
+    workers: Annotated[int, typer.Option(min=1, help="Preprocessing processes")] = 1,
+) -> None:
+    """Add the domain check's statistics and threshold to a checkpoint.
+
+    The statistics come from the data set's training-side studies and the threshold from
+    its held-out studies (the checkpoint's own train/validation split), so that PASS_RATE
+    of new in-domain views pass. A checkpoint without a scope gets the data set's.
+    """
+    from models.calibration import calibrate_checkpoint
+
+    if not (data / "manifest.jsonl").is_file():
+        _fail(f"{data}: no manifest.jsonl (a data set written by pacs-node synth)")
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            stats, scope = calibrate_checkpoint(weights, data, pass_rate=pass_rate,
+                                                workers=workers, progress=progress)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+            return
+    console.print(f"domain check of {weights}: threshold {stats.threshold:.2f} "
+                  f"({100 * stats.pass_rate:g}% of {stats.threshold_views} held-out views pass; "
+                  f"statistics from {stats.fit_views} views, layer {stats.layer})")
+    console.print(f"scope: body parts {', '.join(scope.get('body_parts', [])) or 'none'}; "
+                  f"views {', '.join(scope.get('view_positions', [])) or 'any'}")
 
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="Configuration file (YAML)")]

@@ -6,7 +6,7 @@ its input to its output pixel grid ((x, y) = (column, row), centre of the top-le
 """
 
 from .affine import Affine2D
-from .body_part import CANONICAL_BODY_PARTS, UNKNOWN, normalise_body_part
+from .body_part import CANONICAL_BODY_PARTS, UNKNOWN, body_part_of, normalise_body_part
 from .dicom import (
     DEFAULT_MAX_PIXELS,
     ImageTooLargeError,
@@ -37,6 +37,7 @@ __all__ = [
     "PreprocessError",
     "align_rotation",
     "apply_window",
+    "body_part_of",
     "corner_mean",
     "looks_inverted",
     "normalise_body_part",

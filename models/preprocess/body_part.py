@@ -12,10 +12,11 @@ import difflib
 import re
 import unicodedata
 from functools import lru_cache
+from typing import Any
 
 from ._body_part_terms import LATERALITY, NOISE, SYNONYMS
 
-__all__ = ["CANONICAL_BODY_PARTS", "UNKNOWN", "fold", "normalise_body_part"]
+__all__ = ["CANONICAL_BODY_PARTS", "UNKNOWN", "body_part_of", "fold", "normalise_body_part"]
 
 UNKNOWN = "UNKNOWN"
 CANONICAL_BODY_PARTS: tuple[str, ...] = tuple(SYNONYMS)
@@ -111,4 +112,21 @@ def normalise_body_part(text: str | None) -> str:
         close = difflib.get_close_matches(word, keys, n=1, cutoff=FUZZY_CUTOFF)
         if close:
             return table[close[0]]
+    return UNKNOWN
+
+
+def body_part_of(ds: Any) -> str:
+    """The normalised body part of a DICOM dataset (or header), from the first attribute
+    that names one: Body Part Examined, the Anatomic Region Sequence's code meaning, then
+    the Series and Study Descriptions (seed 004 §4.2.2.1: the tag is often empty or free
+    text). "UNKNOWN" when none does."""
+    candidates: list[str] = [str(ds.get("BodyPartExamined", "") or "")]
+    for item in ds.get("AnatomicRegionSequence", None) or []:
+        candidates.append(str(item.get("CodeMeaning", "") or ""))
+    candidates += [str(ds.get("SeriesDescription", "") or ""),
+                   str(ds.get("StudyDescription", "") or "")]
+    for text in candidates:
+        part = normalise_body_part(text) if text.strip() else UNKNOWN
+        if part != UNKNOWN:
+            return part
     return UNKNOWN

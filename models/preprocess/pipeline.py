@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 
 from ._image import as_image
 from .affine import Affine2D
-from .body_part import UNKNOWN, normalise_body_part
+from .body_part import UNKNOWN, body_part_of, normalise_body_part
 from .dicom import (
     DEFAULT_MAX_PIXELS,
     PreprocessError,
@@ -35,7 +35,9 @@ class PreparedView:
     ``image``: float32 (H, W) in [0, 1], bone bright; ``transform``: original pixel grid ->
     ``image``; ``original_shape``: (rows, columns) of the original grid; ``inversion``: why the
     polarity was flipped ("tag" = MONOCHROME1, "heuristic" = seed 004 §4.2.2.2 fallback,
-    "none"); ``body_part``: normalised Body Part Examined (seed 004 §4.2.2.1).
+    "none"); ``body_part``: normalised body part (seed 004 §4.2.2.1, see
+    :func:`~models.preprocess.body_part_of`); ``view_position``: the View Position ("AP",
+    "LL", ... or "").
     """
 
     image: np.ndarray
@@ -43,6 +45,7 @@ class PreparedView:
     original_shape: tuple[int, int]
     inversion: Inversion
     body_part: str
+    view_position: str = ""
 
     def to_original(self, points: ArrayLike) -> np.ndarray:
         """Map (N, 2) points on ``image`` back onto the original pixel grid."""
@@ -113,12 +116,12 @@ def prepare_view(
     elif heuristic_inversion and looks_inverted(img):
         img = 1.0 - img
         inversion = "heuristic"
-    body_part = ds.get("BodyPartExamined")
     out, transform = _geometry(img.astype(np.float32, copy=False), size, mode, align)
     return PreparedView(
         image=out,
         transform=transform,
         original_shape=(int(values.shape[0]), int(values.shape[1])),
         inversion=inversion,
-        body_part=normalise_body_part(str(body_part) if body_part is not None else None),
+        body_part=body_part_of(ds),
+        view_position=str(ds.get("ViewPosition", "") or "").strip().upper(),
     )

@@ -50,6 +50,7 @@ def _global_pool_loss(network: nn.Module, batch: TrainBatch, ctx: LossContext) -
 register_model_type(
     "global_pool",
     ModelTypeSpec(
+        feature_layer="transition",
         build=GlobalPoolClassifier,
         infer=_infer_global_pool,
         training=TrainingSpec(architecture=global_pool_architecture, loss=_global_pool_loss),

@@ -128,6 +128,7 @@ OPTIONS = (  # the --option names this type reads
 register_model_type(
     "localize_classify",
     ModelTypeSpec(
+        feature_layer="localizer.features",
         build=LocalizerClassifier,
         infer=_infer,
         training=TrainingSpec(options=OPTIONS, architecture=_architecture, loss=_loss),

@@ -86,6 +86,7 @@ OPTIONS = (  # the --option names this type reads
 register_model_type(
     "stl",
     ModelTypeSpec(
+        feature_layer="shared",
         build=SelfTransferNet,
         infer=_infer,
         training=TrainingSpec(options=OPTIONS, architecture=_architecture, loss=_loss),

@@ -100,6 +100,7 @@ OPTIONS = (  # the --option names this type reads
 register_model_type(
     "stn",
     ModelTypeSpec(
+        feature_layer="localization.0",
         build=SpatialTransformerClassifier,
         infer=_infer,
         training=TrainingSpec(options=OPTIONS, architecture=_architecture, loss=_loss,

@@ -160,6 +160,7 @@ OPTIONS = (  # the --option names this type reads
 register_model_type(
     "two_stage",
     ModelTypeSpec(
+        feature_layer="stage1.0",
         build=TwoStageMIL,
         infer=_infer,
         training=TrainingSpec(options=OPTIONS, architecture=_architecture, loss=_loss,

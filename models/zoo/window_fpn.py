@@ -197,6 +197,7 @@ OPTIONS = (  # the --option names this type reads
 register_model_type(
     "window_fpn",
     ModelTypeSpec(
+        feature_layer="fpn.layer_blocks.3",
         build=WindowFPN,
         infer=_infer_window_fpn,
         training=TrainingSpec(options=OPTIONS, architecture=_window_fpn_architecture,
