@@ -422,20 +422,33 @@ def studies(
                 "study_instance_uid": r.study_instance_uid, "study_date": r.study_date,
                 "instances": r.instance_count, "state": r.state, "job_id": r.job_id,
                 "job_state": r.job_state, "attempts": r.job_attempts,
-                "fracture_probability": r.fracture_probability, "positive": r.positive,
+                "result": r.result_state, "reason": r.reason,
+                "views_analysed": r.views_analysed, "views_total": r.views_total,
+                # A probability only where the node analysed the study.
+                **({"fracture_probability": r.fracture_probability, "positive": r.positive}
+                   if r.result_state == "analysed" else {}),
             }) + "\n")
         return
     table = Table("Study Instance UID", "date", "images", "state", "job", "result")
     for r in rows:
-        if r.fracture_probability is None:
-            result = "-"
-        else:
-            verdict = "FRACTURE SUSPECTED" if r.positive else "no fracture detected"
-            result = f"{verdict} (p={r.fracture_probability:.2f})"
+        result = _result_text(r)
         job = f"{r.job_state} (x{r.job_attempts})" if r.job_state else "-"
         table.add_row(r.study_instance_uid, r.study_date, str(r.instance_count), r.state,
                       job, result)
     Console().print(table)
+
+
+def _result_text(r: Any) -> str:
+    """One study's result as ``pacs-node studies`` shows it."""
+    if r.result_state is None:
+        return "-"
+    if r.result_state != "analysed" or r.fracture_probability is None:
+        return f"not analysed: {r.reason}"
+    verdict = "FRACTURE SUSPECTED" if r.positive else "no fracture detected"
+    text = f"{verdict} (p={r.fracture_probability:.2f})"
+    if r.views_total and r.views_analysed < r.views_total:
+        text += f"; {r.views_analysed} of {r.views_total} views analysed ({r.reason})"
+    return text
 
 
 def main() -> None:

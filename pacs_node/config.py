@@ -106,6 +106,9 @@ class PipelineSettings(_Section):
     aggregation: Literal["max", "mean", "noisy_or", "majority"] = "max"
     threshold: float = Field(0.5, gt=0, lt=1)
     max_findings: int = Field(3, ge=0)
+    # A model without a domain calibration answers nothing unless this is true (then every
+    # view counts as inside its training domain): see `pacs-node calibrate`.
+    allow_uncalibrated: bool = False
 
 
 class Destination(_Section):

@@ -68,6 +68,7 @@ def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], Study
             aggregation=settings.pipeline.aggregation,
             threshold=settings.pipeline.threshold,
             max_findings=settings.pipeline.max_findings,
+            allow_uncalibrated=settings.pipeline.allow_uncalibrated,
             destinations=tuple(d.name for d in settings.destinations),
             lease_seconds=settings.queue.lease_seconds,
         )

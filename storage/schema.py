@@ -66,6 +66,14 @@ class JobState(StrEnum):
     SUPERSEDED = "superseded"
 
 
+class ResultState(StrEnum):
+    """What a study result says: ``analysed`` (at least one view was judged: a probability
+    and a verdict) or ``not_analysed`` (no view could be: no probability, a reason)."""
+
+    ANALYSED = "analysed"
+    NOT_ANALYSED = "not_analysed"
+
+
 class InstanceSource(StrEnum):
     RECEIVED = "received"
     PRODUCED = "produced"
@@ -191,14 +199,21 @@ class Job(Base):
 
 class Result(Base):
     __tablename__ = "results"
+    __table_args__ = (CheckConstraint(_one_of("state", ResultState), name="state"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     job_id: Mapped[int] = mapped_column(
         Id, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     study_id: Mapped[int] = mapped_column(
         Id, ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    fracture_probability: Mapped[float]
-    positive: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[str] = mapped_column(String(16), default=ResultState.ANALYSED)
+    # Why no view (or not every view) was analysed, in words for a reader; None when all were.
+    reason: Mapped[str | None] = mapped_column(Text)
+    views_analysed: Mapped[int] = mapped_column(default=0)
+    views_total: Mapped[int] = mapped_column(default=0)
+    # None when the study was not analysed: no number where the model judged nothing.
+    fracture_probability: Mapped[float | None]
+    positive: Mapped[bool | None] = mapped_column(Boolean)
     aggregation: Mapped[str] = mapped_column(String(32))
     threshold: Mapped[float]
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)

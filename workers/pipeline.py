@@ -5,8 +5,12 @@ duplicate wake-up message gets nothing), selects and routes the study's views, p
 and infers through the model registry, aggregates per anatomic site then per study
 (seed 004 §6.2.2), writes an SR and one Secondary Capture per processed view, stores them
 as ``produced`` instances, and in one transaction completes the job and queues the exports.
-A view that cannot be decoded is reported in the result and skipped. Result UIDs derive from
-the job, so a retried job reproduces the same objects.
+
+A view is analysed only when it is inside a model's scope (:mod:`workers.routing`) and
+passes the model's domain check (:mod:`models.domain`); every other view is "not analysed"
+with its reason, and a study with no analysed view gets a ``not_analysed`` result with no
+probability. A view that cannot be decoded is reported in the result and skipped. Result
+UIDs derive from the job, so a retried job reproduces the same objects.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,7 +30,8 @@ import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.aggregation import StudyAggregate, aggregate_learned, aggregate_study
-from models.preprocess import PreparedView, normalise_body_part
+from models.findings import reported_findings as shown_findings
+from models.preprocess import PreparedView, body_part_of
 from models.registry import DEMO_WEIGHTS, FractureModel, ViewPrediction, load_model
 from storage import (
     ExportRepository,
@@ -48,9 +54,10 @@ from .results import (
     build_secondary_captures,
     build_sr,
 )
-from .routing import IMAGE_SOP_CLASSES, RouteLike, ViewHeader, route_for, site_of
+from .routing import RouteLike, ViewHeader, route_for, site_of
 
-__all__ = ["JobFailed", "ModelCache", "PipelineOptions", "StudyPipeline"]
+__all__ = ["JobFailed", "ModelCache", "PipelineOptions", "StudyPipeline", "not_analysed_reason",
+           "reported_findings"]
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +80,30 @@ class PipelineOptions:
     destinations: tuple[str, ...] = ()
     lease_seconds: float = 600.0
     batch_size: int = 8
+    # A model without domain calibration is refused ("not analysable") unless this is set;
+    # then every view counts as inside its domain (pipeline.allow_uncalibrated).
+    allow_uncalibrated: bool = False
 
 
 def reported_findings(predictions: Sequence[ViewPrediction], threshold: float,
                       max_findings: int) -> list[ViewPrediction]:
-    """The predictions with the findings a reader is shown: none on a view the model calls
-    negative (boxes on a "no fracture" overlay read as findings), at most ``max_findings``
-    (the strongest) on a positive one."""
-    if max_findings < 0:
-        raise ValueError(f"max_findings must be >= 0, got {max_findings}")
-    return [dataclasses.replace(
-        p, findings=p.findings[:max_findings] if p.fracture_probability >= threshold else ())
-        for p in predictions]
+    """The predictions with the findings a reader is shown
+    (:func:`models.findings.reported_findings`: none on a negative or unanalysed view, at
+    most ``max_findings`` on a positive one)."""
+    return [dataclasses.replace(p, findings=shown_findings(
+        p.findings, p.fracture_probability, threshold, max_findings)) for p in predictions]
+
+
+_SCORE_DETAIL = re.compile(r" \(score [^)]*\)")
+
+
+def not_analysed_reason(reasons: Sequence[str]) -> str:
+    """One reason for a study from its views' reasons: distinct ones in order, the per-view
+    domain scores left out when several views share a reason."""
+    distinct = list(dict.fromkeys(r for r in reasons if r))
+    if len(distinct) > 1:
+        distinct = list(dict.fromkeys(_SCORE_DETAIL.sub("", r) for r in distinct))
+    return "; ".join(distinct) or "no radiograph (CR/DX) to analyse"
 
 
 class ModelCache:
@@ -101,6 +120,10 @@ class ModelCache:
                 path = DEMO_WEIGHTS if ref == "demo" else Path(ref)
                 self._models[ref] = load_model(path, device=self._device)
             return self._models[ref]
+
+    def scope_of(self, ref: str) -> tuple[str, ...]:
+        """The body parts model ``ref`` was trained for (empty when it records none)."""
+        return self.get(ref).metadata.body_parts
 
 
 @dataclass
@@ -190,16 +213,17 @@ class StudyPipeline:
             view = ViewHeader(
                 sop_instance_uid=item.sop_instance_uid,
                 sop_class_uid=item.sop_class_uid,
-                body_part=normalise_body_part(str(header.get("BodyPartExamined", "") or "")),
+                body_part=body_part_of(header),
                 view_position=str(header.get("ViewPosition", "") or ""),
                 laterality=str(header.get("ImageLaterality", "")
                                or header.get("Laterality", "") or ""),
                 produced=str(header.get("Manufacturer", "")) == "pacs-node",
             )
-            route = route_for(view, self.options.routes)
+            routing = route_for(view, self.options.routes, self.models.scope_of)
+            route = routing.route
             if route is None:
-                if item.sop_class_uid in IMAGE_SOP_CLASSES and not view.produced:
-                    skipped.append(SkippedView(item.sop_instance_uid, "no route matches"))
+                if routing.reason:
+                    skipped.append(SkippedView(item.sop_instance_uid, routing.reason))
                 continue
             group = groups.setdefault(route.model, _Group(route))
             try:
@@ -220,24 +244,7 @@ class StudyPipeline:
             if not group.views:
                 continue
             model = self.models.get(ref)
-            predictions = model.predict([p for _, _, p in group.views],
-                                        batch_size=self.options.batch_size)
-            predictions = reported_findings(predictions, self.options.threshold,
-                                            self.options.max_findings)
-            views = [ViewResult(source=ds, prediction=pred, site=site_of(header))
-                     for (header, ds, _), pred in zip(group.views, predictions, strict=True)]
-            if model.study_level:
-                agg = self._learned_aggregate(model, group, views)
-            else:
-                agg = aggregate_study([(v.site, v.prediction.fracture_probability)
-                                       for v in views],
-                                      self.options.aggregation, threshold=self.options.threshold)
-            result = StudyResult(
-                fracture_probability=agg.probability, positive=agg.positive,
-                aggregation=agg.method, threshold=agg.threshold,
-                site_probabilities={s.site: s.probability for s in agg.sites},
-                views=views, skipped=list(skipped),
-            )
+            result = self._study_result(model, group, skipped)
             algorithm = AlgorithmInfo.from_model(model)
             job_key = f"pacs-node:{study_uid}:job-{job_id}:{index}"
             outputs.append(build_sr(result, algorithm, job_key=job_key,
@@ -256,15 +263,30 @@ class StudyPipeline:
             produced.append(meta.sop_instance_uid)
 
         summary = self._summary(studies, skipped, produced)
-        best = max((r for _, r in studies), key=lambda r: r.fracture_probability, default=None)
+        analysed = [r for _, r in studies if r.analysed]
+        best = max(analysed, key=lambda r: r.fracture_probability or 0.0, default=None)
+        views_total = sum(len(r.views) for _, r in studies) + len(skipped)
+        views_analysed = sum(r.views_analysed for _, r in studies)
+        reason: str | None
+        if best is None:
+            reason = not_analysed_reason(
+                [r.reason for _, r in studies] + [s.reason for s in skipped])
+        elif views_analysed < views_total:
+            reason = not_analysed_reason(
+                [v.prediction.not_analysed_reason for _, r in studies for v in r.views]
+                + [s.reason for s in skipped])
+        else:
+            reason = None
+        summary["reason"] = reason
 
         def complete(session: Session) -> bool:
             result = JobRepository(session).complete(
                 job_id, attempt=attempt,
-                fracture_probability=best.fracture_probability if best else 0.0,
-                positive=best.positive if best else False,
+                fracture_probability=best.fracture_probability if best else None,
+                positive=best.positive if best else None,
                 aggregation=best.aggregation if best else self.options.aggregation,
-                threshold=self.options.threshold, summary=summary)
+                threshold=self.options.threshold, summary=summary, reason=reason,
+                views_analysed=views_analysed, views_total=views_total)
             if result is None:
                 return False
             instances = InstanceRepository(session)
@@ -280,16 +302,44 @@ class StudyPipeline:
         if not run_write(self.sessions, complete):
             log.info("job %s was superseded while running; its results are not sent", job_id)
             return "discarded"
-        log.info("job %s done: %d views, %d skipped, %d objects", job_id,
-                 sum(len(r.views) for _, r in studies), len(skipped), len(produced))
+        log.info("job %s done: %d of %d views analysed, %d objects", job_id, views_analysed,
+                 views_total, len(produced))
         return "done"
+
+    def _study_result(self, model: FractureModel, group: _Group,
+                      skipped: list[SkippedView]) -> StudyResult:
+        """Predict every view of ``group`` and aggregate the analysed ones."""
+        predictions = model.predict([p for _, _, p in group.views],
+                                    batch_size=self.options.batch_size,
+                                    allow_uncalibrated=self.options.allow_uncalibrated)
+        predictions = reported_findings(predictions, self.options.threshold,
+                                        self.options.max_findings)
+        views = [ViewResult(source=ds, prediction=pred, site=site_of(header))
+                 for (header, ds, _), pred in zip(group.views, predictions, strict=True)]
+        analysed = [v for v in views if v.analysed]
+        if not analysed:
+            return StudyResult(
+                fracture_probability=None, positive=None, aggregation=self.options.aggregation,
+                threshold=self.options.threshold, views=views, skipped=list(skipped),
+                reason=not_analysed_reason([v.prediction.not_analysed_reason for v in views]))
+        if model.study_level:
+            agg = self._learned_aggregate(model, group, views)
+        else:
+            agg = aggregate_study([(v.site, v.prediction.fracture_probability or 0.0)
+                                   for v in analysed],
+                                  self.options.aggregation, threshold=self.options.threshold)
+        return StudyResult(
+            fracture_probability=agg.probability, positive=agg.positive, aggregation=agg.method,
+            threshold=agg.threshold, site_probabilities={s.site: s.probability for s in agg.sites},
+            views=views, skipped=list(skipped))
 
     def _learned_aggregate(self, model: FractureModel, group: _Group,
                            views: list[ViewResult]) -> StudyAggregate:
         """Per-site study probabilities from a study-level model (seed 004 §5.3)."""
         by_site: dict[str, list[PreparedView]] = defaultdict(list)
         for view, (_, _, prepared) in zip(views, group.views, strict=True):
-            by_site[view.site].append(prepared)
+            if view.analysed:  # a view outside the model's domain never enters the study
+                by_site[view.site].append(prepared)
         sites = {site: (1.0 - model.predict_study(members)["normal"], len(members))
                  for site, members in by_site.items()}
         return aggregate_learned(sites, method=f"learned ({model.metadata.model_type})",
@@ -303,14 +353,19 @@ class StudyPipeline:
             models[name] = {
                 "fracture_probability": result.fracture_probability,
                 "positive": result.positive,
+                "reason": result.reason or None,
                 "sites": result.site_probabilities,
                 "views": {v.sop_instance_uid: v.prediction.fracture_probability
                           for v in result.views},
+                "not_analysed": {v.sop_instance_uid: v.prediction.not_analysed_reason
+                                 for v in result.views if not v.analysed},
+                "domain": {v.sop_instance_uid: v.prediction.domain.to_dict()
+                           for v in result.views},
             }
         return {
             "models": dict(models),
             "skipped": [{"sop_instance_uid": s.sop_instance_uid, "reason": s.reason}
                         for s in skipped],
             "produced": produced,
-            "note": "no processable views" if not studies else "",
+            "note": "no view reached a model" if not studies else "",
         }

@@ -3,18 +3,26 @@
 Loop protection first: structured reports, key objects, presentation states, segmentations
 and anything the node produced are never processed. Then the route rules of
 ``pipeline.routes`` pick a model by normalised body part, view position, laterality and SOP
-class; with no rules every CR/DX image goes to the demo model.
+class; with no rules every CR/DX image is offered to the demo model.
+
+Scope: a model answers only inside the anatomy it was trained on (``ModelMetadata.scope``).
+A view offered to a model by the default route, or by a route that names no body parts, is
+routed only if its normalised body part is in that model's scope; otherwise it is "not
+analysed: out of scope (<body part>)". A route that names body parts is the operator's
+explicit choice and is followed as written (that is how a site forces a view through a
+model, e.g. to see the domain check refuse it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.preprocess import normalise_body_part
+from models.preprocess import UNKNOWN, normalise_body_part
 
-__all__ = ["IMAGE_SOP_CLASSES", "Route", "RouteLike", "ViewHeader", "route_for", "site_of"]
+__all__ = ["IMAGE_SOP_CLASSES", "Route", "RouteLike", "Routing", "ViewHeader", "route_for",
+           "site_of"]
 
 # CR, DX for presentation / processing (the radiographs the models are made for).
 IMAGE_SOP_CLASSES = frozenset({
@@ -76,17 +84,47 @@ def _matches(values: Sequence[str], value: str) -> bool:
     return not values or value.upper() in {v.upper() for v in values}
 
 
-def route_for(view: ViewHeader, routes: Sequence[RouteLike]) -> RouteLike | None:
-    """The first route that takes ``view``, or ``None`` when it is not to be processed."""
+@dataclass(frozen=True)
+class Routing:
+    """Where a view goes: ``route`` (None: nowhere) and, for an image the node will not
+    analyse, ``reason`` in words for the reader ("" for objects that are never images)."""
+
+    route: RouteLike | None
+    reason: str = ""
+
+
+def _out_of_scope(view: ViewHeader, rule: RouteLike,
+                  scope_of: Callable[[str], Sequence[str]]) -> str:
+    """Why ``rule``'s model must not judge ``view`` ("" when it may)."""
+    if rule.body_parts:  # the operator chose these body parts for this model
+        return ""
+    scope = scope_of(rule.model)
+    if not scope:
+        return "out of scope (the model records no anatomy it was trained for)"
+    if view.body_part == UNKNOWN:
+        return "out of scope (body part unknown)"
+    if view.body_part not in scope:
+        return f"out of scope ({view.body_part})"
+    return ""
+
+
+def route_for(view: ViewHeader, routes: Sequence[RouteLike],
+              scope_of: Callable[[str], Sequence[str]]) -> Routing:
+    """The first route that takes ``view``, checked against its model's scope
+    (``scope_of(model_ref)`` gives the body parts the model was trained on)."""
     if view.produced or view.sop_class_uid.startswith(_NEVER_PREFIXES):
-        return None
-    if not routes:
-        return DEFAULT_ROUTE if view.sop_class_uid in IMAGE_SOP_CLASSES else None
-    for rule in routes:
+        return Routing(None)
+    if view.sop_class_uid not in IMAGE_SOP_CLASSES and not any(r.sop_classes for r in routes):
+        return Routing(None)
+    candidates: Sequence[RouteLike] = routes or (DEFAULT_ROUTE,)
+    for rule in candidates:
         allowed = rule.sop_classes or sorted(IMAGE_SOP_CLASSES)
         if (view.sop_class_uid in allowed
                 and _matches([normalise_body_part(b) for b in rule.body_parts], view.body_part)
                 and _matches(rule.view_positions, view.view_position)
                 and _matches(rule.lateralities, view.laterality)):
-            return rule
-    return None
+            reason = _out_of_scope(view, rule, scope_of)
+            return Routing(None, reason) if reason else Routing(rule)
+    if view.sop_class_uid in IMAGE_SOP_CLASSES:
+        return Routing(None, "no route matches")
+    return Routing(None)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from .._db import utcnow
 from ..errors import NotFound
-from ..schema import Job, JobState, Result
+from ..schema import Job, JobState, Result, ResultState
 
 __all__ = ["JobRepository"]
 
@@ -77,10 +77,15 @@ class JobRepository:
                             lease_expires_at=now + timedelta(seconds=lease_seconds),
                             updated_at=now) is not None
 
-    def complete(self, job_id: int, *, fracture_probability: float, positive: bool,
-                 aggregation: str, threshold: float, summary: Mapping[str, Any],
+    def complete(self, job_id: int, *, fracture_probability: float | None,
+                 positive: bool | None, aggregation: str, threshold: float,
+                 summary: Mapping[str, Any], reason: str | None = None,
+                 views_analysed: int = 0, views_total: int = 0,
                  attempt: int | None = None, now: datetime | None = None) -> Result | None:
         """Finish a running job with its study result.
+
+        A result with a probability is ``analysed``; one without (no view could be judged)
+        is ``not_analysed`` and must say why in ``reason``.
 
         Args:
             attempt: the ``attempts`` value returned by :meth:`claim`; when given, a worker
@@ -90,6 +95,12 @@ class JobRepository:
             The result row, or ``None`` when the job is no longer running under this
             attempt (superseded by new data, or taken over): the result is discarded.
         """
+        if (fracture_probability is None) != (positive is None):
+            raise ValueError("a result has both a probability and a verdict, or neither")
+        if fracture_probability is None and not reason:
+            raise ValueError("a study that was not analysed needs a reason")
+        if not 0 <= views_analysed <= views_total:
+            raise ValueError(f"views_analysed {views_analysed} must lie in [0, {views_total}]")
         now = now or utcnow()
         fence = [Job.attempts == attempt] if attempt is not None else []
         job = self._update(job_id, Job.state == JobState.RUNNING, *fence,
@@ -97,9 +108,13 @@ class JobRepository:
                            lease_expires_at=None, last_error=None)
         if job is None:
             return None
+        analysed = fracture_probability is not None
         result = Result(job_id=job.id, study_id=job.study_id,
-                        fracture_probability=float(fracture_probability),
-                        positive=bool(positive), aggregation=aggregation,
+                        state=ResultState.ANALYSED if analysed else ResultState.NOT_ANALYSED,
+                        reason=reason or None, views_analysed=views_analysed,
+                        views_total=views_total,
+                        fracture_probability=float(fracture_probability) if analysed else None,
+                        positive=bool(positive) if analysed else None, aggregation=aggregation,
                         threshold=float(threshold), summary=dict(summary), created_at=now,
                         superseded=False)
         self.session.add(result)

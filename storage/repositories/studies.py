@@ -33,6 +33,12 @@ class StudyListing:
     fracture_probability: float | None
     positive: bool | None
     accession_number: str = field(default="", repr=False)
+    # The result's state ("analysed" / "not_analysed", None before a result), why views
+    # were not analysed, and how many were.
+    result_state: str | None = None
+    reason: str | None = None
+    views_analysed: int | None = None
+    views_total: int | None = None
 
 
 class StudyRepository:
@@ -134,5 +140,9 @@ class StudyRepository:
                 job_attempts=job.attempts if job else None,
                 fracture_probability=result.fracture_probability if result else None,
                 positive=result.positive if result else None,
-                accession_number=s.accession_number))
+                accession_number=s.accession_number,
+                result_state=result.state if result else None,
+                reason=result.reason if result else None,
+                views_analysed=result.views_analysed if result else None,
+                views_total=result.views_total if result else None))
         return listing

@@ -132,3 +132,38 @@ def test_timestamps_round_trip_as_aware_utc(engine: Engine, tmp_path: Path) -> N
         study.last_received_at = datetime(2026, 3, 1, 12, 0)  # naive: refused
         with pytest.raises(Exception, match="naive"):
             session.flush()
+
+
+def test_result_states_migration_keeps_old_results_and_allows_not_analysed(
+        empty_engine: Engine, tmp_path: Path) -> None:
+    migrate(empty_engine, "0001")
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    ingest(FileStore(tmp_path / "s"), session_factory(empty_engine), content("x"), meta(),
+           now=now)
+    with empty_engine.begin() as conn:
+        conn.execute(text("UPDATE studies SET id = 1"))
+        conn.execute(text(
+            "INSERT INTO jobs (id, study_id, state, attempts, max_attempts, created_at, "
+            "updated_at, instance_count_at_creation) VALUES (1, 1, 'done', 1, 3, :t, :t, 1)"),
+            {"t": now})
+        conn.execute(text(
+            "INSERT INTO results (id, job_id, study_id, fracture_probability, positive, "
+            "aggregation, threshold, summary, created_at, superseded) "
+            "VALUES (1, 1, 1, 0.8, true, 'max', 0.5, '{}', :t, false)"), {"t": now})
+    migrate(empty_engine)
+    assert _diff(empty_engine) == []
+    with empty_engine.begin() as conn:
+        old = conn.execute(text("SELECT state, reason, fracture_probability FROM results")).one()
+        assert tuple(old) == ("analysed", None, 0.8)
+        conn.execute(text(
+            "INSERT INTO jobs (id, study_id, state, attempts, max_attempts, created_at, "
+            "updated_at, instance_count_at_creation) VALUES (2, 1, 'done', 1, 3, :t, :t, 1)"),
+            {"t": now})
+        conn.execute(text(
+            "INSERT INTO results (id, job_id, study_id, state, reason, views_analysed, "
+            "views_total, aggregation, threshold, summary, created_at, superseded) "
+            "VALUES (2, 2, 1, 'not_analysed', 'out of scope (CHEST)', 0, 1, 'max', 0.5, "
+            "'{}', :t, false)"), {"t": now})
+    with pytest.raises(Exception, match="(?i)check|constraint"), empty_engine.begin() as conn:
+        conn.execute(text(
+            "UPDATE results SET state = 'maybe' WHERE id = 2"))

@@ -46,16 +46,17 @@ def display_image(ds: pydicom.Dataset) -> np.ndarray:
 
 def resize_view(
     display: np.ndarray,
-    heatmap: np.ndarray,
+    heatmap: np.ndarray | None,
     findings: Sequence[Finding],
     *,
     max_size: int = 2048,
     min_width: int = 512,
-) -> tuple[np.ndarray, np.ndarray, list[Finding], float]:
+) -> tuple[np.ndarray, np.ndarray | None, list[Finding], float]:
     """Scale a view so its longer side is at most ``max_size`` and, where that allows, its
     width at least ``min_width`` (so a banner on a small view stays legible).
 
-    Returns the display, heatmap, findings in the new pixel grid, and the scale factor.
+    Returns the display, heatmap (None stays None: a view the model did not analyse),
+    findings in the new pixel grid, and the scale factor.
     """
     if max_size < 64 or min_width < 1:
         raise ValueError(f"max_size must be >= 64 and min_width >= 1, got {max_size}, {min_width}")
@@ -68,7 +69,8 @@ def resize_view(
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     new_display = cv2.resize(display, size, interpolation=interp)
-    new_heatmap = cv2.resize(heatmap.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    new_heatmap = (None if heatmap is None else np.clip(
+        cv2.resize(heatmap.astype(np.float32), size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0))
     sx, sy = size[0] / w, size[1] / h
 
     def move(x: float, y: float) -> tuple[float, float]:
@@ -82,7 +84,7 @@ def resize_view(
             x1, y1 = move(f.box[2] + 0.5, f.box[3] + 0.5)
             box = (x0 + 0.5, y0 + 0.5, x1 - 0.5, y1 - 0.5)
         moved.append(Finding(score=f.score, point=move(*f.point), box=box))
-    return new_display, np.clip(new_heatmap, 0.0, 1.0), moved, float(scale)
+    return new_display, new_heatmap, moved, float(scale)
 
 
 def _blend_heatmap(display: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -165,7 +167,7 @@ def _banner(width: int, lines: Sequence[str], colours: Sequence[RGB]) -> np.ndar
 
 def render_overlay(
     display: np.ndarray,
-    heatmap: np.ndarray,
+    heatmap: np.ndarray | None,
     findings: Sequence[Finding],
     banner_lines: Sequence[str],
     *,
@@ -175,13 +177,18 @@ def render_overlay(
     opacity growing with the value, below :data:`HEATMAP_FLOOR` none), findings drawn (box,
     point, score) and a banner of ``banner_lines`` on top, sized to the image width.
 
-    ``display`` is uint8 (H, W) bone bright, ``heatmap`` (H, W) in [0, 1], findings in the
-    display's pixel coordinates. Raises ``ValueError`` on mismatched shapes.
+    ``display`` is uint8 (H, W) bone bright, ``heatmap`` (H, W) in [0, 1] or None (a view
+    the model did not analyse: the plain view, no colour), findings in the display's pixel
+    coordinates. Raises ``ValueError`` on mismatched shapes.
     """
     display = np.asarray(display)
-    heatmap = np.asarray(heatmap)
     if display.ndim != 2 or display.dtype != np.uint8:
         raise ValueError(f"display must be 2-D uint8, got {display.dtype} {display.shape}")
+    if heatmap is None:
+        if findings:
+            raise ValueError("findings without a heatmap: a view not analysed has none")
+        heatmap = np.zeros(display.shape, dtype=np.float32)
+    heatmap = np.asarray(heatmap)
     if heatmap.shape != display.shape:
         raise ValueError(f"heatmap shape {heatmap.shape} differs from display {display.shape}")
     if not banner_lines:

@@ -1,4 +1,6 @@
-"""One Secondary Capture per processed view: the view with the heatmap, boxes and a banner.
+"""One Secondary Capture per view the model was given: the view with the heatmap, boxes and
+a banner. A view the model did not analyse (outside its training domain) is shown plain,
+without heatmap or boxes, its banner saying "NOT ANALYSABLE" and why.
 
 Built with :meth:`highdicom.sc.SCImage.from_ref_dataset`, so patient and study attributes
 come from the source. Each SC is RGB 8-bit, in a new series of the source study, derived
@@ -28,7 +30,10 @@ _ORIENTATION_LETTERS = {v.value for v in PatientOrientationValuesBiped}
 
 
 def study_verdict(study: StudyResult) -> str:
-    """``"FRACTURE SUSPECTED p=0.87"`` or ``"NO FRACTURE DETECTED p=0.12"``."""
+    """``"FRACTURE SUSPECTED p=0.87"``, ``"NO FRACTURE DETECTED p=0.12"`` or
+    ``"NOT ANALYSED: <reason>"``."""
+    if study.fracture_probability is None:
+        return f"NOT ANALYSED: {study.reason}"
     verdict = "FRACTURE SUSPECTED" if study.positive else "NO FRACTURE DETECTED"
     return f"{verdict} p={study.fracture_probability:.2f}"
 
@@ -39,10 +44,19 @@ def banner_lines(study: StudyResult, view: ViewResult, algorithm: AlgorithmInfo
     p = view.prediction.fracture_probability
     n = len(view.prediction.findings)
     site = f" ({view.site})" if view.site else ""
+    analysed = f"{study.views_analysed} of {len(study.views) + len(study.skipped)} views analysed"
+    if p is None:
+        this_view = (f"THIS VIEW{site}: NOT ANALYSABLE: {view.prediction.not_analysed_reason}",
+                     BANNER_WARN)
+    else:
+        this_view = (f"THIS VIEW{site}: p={p:.2f}, {n} candidate region{'s' if n != 1 else ''}",
+                     BANNER_TEXT)
+    parameters = (f"  [{study.aggregation}, threshold {study.threshold:.2f}; {analysed}]"
+                  if study.analysed else f"  [{analysed}]")
     lines = [
-        (f"STUDY: {study_verdict(study)}  [{study.aggregation}, threshold "
-         f"{study.threshold:.2f}]", BANNER_WARN if study.positive else BANNER_TEXT),
-        (f"THIS VIEW{site}: p={p:.2f}, {n} candidate region{'s' if n != 1 else ''}", BANNER_TEXT),
+        (f"STUDY: {study_verdict(study)}{parameters}",
+         BANNER_WARN if study.positive else BANNER_TEXT),
+        this_view,
         (f"AI model {algorithm.name} {algorithm.version}: machine-generated, not reviewed",
          BANNER_TEXT),
     ]
@@ -62,12 +76,19 @@ def _orientation(ds: Dataset) -> list[str] | None:
     return values if valid else None
 
 
-def _derivation(algorithm: AlgorithmInfo, scale: float) -> str:
-    text = (
-        f"Source rendered through its VOI LUT/window, bone bright; fracture evidence heatmap of "
-        f"{algorithm.name} {algorithm.version} blended in (JET, opacity grows with evidence), "
-        "candidate boxes and result banner burned in"
-    )
+def _derivation(algorithm: AlgorithmInfo, scale: float, analysed: bool) -> str:
+    if analysed:
+        text = (
+            f"Source rendered through its VOI LUT/window, bone bright; fracture evidence heatmap "
+            f"of {algorithm.name} {algorithm.version} blended in (JET, opacity grows with "
+            "evidence), candidate boxes and result banner burned in"
+        )
+    else:
+        text = (
+            "Source rendered through its VOI LUT/window, bone bright; not analysed by "
+            f"{algorithm.name} {algorithm.version} (no heatmap, no boxes); result banner "
+            "burned in"
+        )
     if abs(scale - 1.0) > 1e-9:
         text += f"; image scaled by {scale:.4g}"
     return text + "."
@@ -118,7 +139,7 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
     sc.SecondaryCaptureDeviceManufacturer = algorithm.manufacturer
     sc.SecondaryCaptureDeviceManufacturerModelName = algorithm.name[:64]
     sc.SecondaryCaptureDeviceSoftwareVersions = algorithm.version[:64]
-    sc.DerivationDescription = _derivation(algorithm, scale)[:1024]
+    sc.DerivationDescription = _derivation(algorithm, scale, view.analysed)[:1024]
     purpose = Dataset()
     purpose.CodeValue = c.SOURCE_FOR_PROCESSING.value
     purpose.CodingSchemeDesignator = c.SOURCE_FOR_PROCESSING.scheme_designator
@@ -145,7 +166,7 @@ def build_secondary_captures(
     series_number: int = 9002,
     max_size: int = 2048,
 ) -> list[pydicom.Dataset]:
-    """One Secondary Capture per processed view, in order, in one new series.
+    """One Secondary Capture per view the model was given, in order, in one new series.
 
     Views larger than ``max_size`` on their longer side are scaled down (aspect kept).
     UIDs derive from ``job_key``. Raises :class:`~models.preprocess.PreprocessError` when a

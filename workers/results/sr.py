@@ -8,19 +8,24 @@ Content tree (IHE AI Results):
     Present / Absent, its Probability and the algorithm with the aggregation as parameters;
   - one TID 1501 group per anatomic site of the aggregation (finding site, Probability,
     Present / Absent);
-  - one TID 1501 group per processed view (source image, finding site, Probability,
+  - one TID 1501 group per analysed view (source image, finding site, Probability,
     Present / Absent at the study threshold);
   - per finding two TID 1410 groups sharing one tracking UID: the box (closed POLYLINE,
     purpose "Outline") and the peak (POINT, purpose "Representative point"), each with its
     "Fracture evidence score" (derivation Maximum). SCOORD is in DICOM image coordinates:
     the top-left corner of the top-left pixel is (0, 0).
 - Qualitative Evaluations (TID 1500 row 12): TEXT comments saying the result is
-  machine-generated, the model's notice (the synthetic-data warning for demo models), and
-  one line per view received but not analysed.
+  machine-generated, the model's notice (the synthetic-data warning for demo models), how
+  many views were analysed ("Views analysed: n of m."), and one line per view received but
+  not analysed, with the reason (out of scope, outside the model's training domain, cannot
+  be decoded).
 
-Evidence is the processed views only: the Current Requested Procedure Evidence Sequence
-lists exactly the images the result was computed from; skipped views are named in the
-comments, not in the evidence.
+A study none of whose views could be analysed keeps its study group without a probability
+or a Present / Absent evaluation, and a comment "Study not analysed: <reason>": the report
+says that the node looked and why it gives no answer, never a number it did not compute.
+
+Evidence is the views the model was given (the Current Requested Procedure Evidence
+Sequence); views that never reached the model are named in the comments only.
 """
 
 from __future__ import annotations
@@ -98,12 +103,15 @@ def _tracking(job_key: str, label: str, *parts: str) -> TrackingIdentifier:
 def _study_group(study: StudyResult, algorithm: AlgorithmInfo, job_key: str
                  ) -> MeasurementsAndQualitativeEvaluations:
     parameters = [f"aggregation={study.aggregation}", f"threshold={study.threshold:g}"]
+    analysed = study.fracture_probability is not None and study.positive is not None
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(job_key, "Study result", "study"),
         finding_type=c.FRACTURE,
         algorithm_id=_algorithm_id(algorithm, parameters),
-        measurements=[_probability(study.fracture_probability)],
-        qualitative_evaluations=[_presence(study.positive)],
+        measurements=([_probability(study.fracture_probability)]
+                      if study.fracture_probability is not None else None),
+        qualitative_evaluations=([_presence(study.positive)]
+                                 if analysed and study.positive is not None else None),
     )
 
 
@@ -124,6 +132,7 @@ def _view_group(index: int, view: ViewResult, study: StudyResult, algorithm: Alg
                 job_key: str) -> MeasurementsAndQualitativeEvaluations:
     site = c.finding_site(view.source, view.site)
     p = view.prediction.fracture_probability
+    assert p is not None, "only analysed views have a view group"
     label = f"View {index}" + (f" {view.site}" if view.site else "")
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(job_key, label[:64], "view", view.sop_instance_uid),
@@ -192,6 +201,15 @@ def _comments(study: StudyResult, algorithm: AlgorithmInfo) -> ContainerContentI
     texts = [machine_generated_statement(algorithm)]
     if algorithm.notice:
         texts.append(algorithm.notice)
+    total = len(study.views) + len(study.skipped)
+    texts.append(f"Views analysed: {study.views_analysed} of {total}.")
+    if not study.analysed:
+        texts.append(f"Study not analysed: {study.reason}.")
+    texts += [
+        f"View not analysed: SOP Instance UID {v.sop_instance_uid}: "
+        f"{v.prediction.not_analysed_reason or 'no reason given'}"
+        for v in study.views if not v.analysed
+    ]
     texts += [
         f"View not analysed: SOP Instance UID {s.sop_instance_uid}: {s.reason or 'no reason given'}"
         for s in study.skipped
@@ -233,7 +251,7 @@ def build_sr(
 
     UIDs derive from ``job_key`` (:func:`~workers.results.result_uid`), so a retried job
     builds the same instance. Preliminary (``PRELIMINARY``), complete and unverified.
-    Raises ``ValueError`` when the study has no processed view.
+    Raises ``ValueError`` when the model was given no view of the study.
     """
     if not study.views:
         raise ValueError("the study result has no processed view to report on")
@@ -244,6 +262,8 @@ def build_sr(
     groups += [_site_group(label, p, study, algorithm, job_key)
                for label, p in sorted(study.site_probabilities.items())]
     for index, view in enumerate(study.views, start=1):
+        if not view.analysed:
+            continue  # named in the comments with the reason
         groups.append(_view_group(index, view, study, algorithm, job_key))
         groups.extend(_finding_groups(index, view, algorithm, job_key))
     report = MeasurementReport(

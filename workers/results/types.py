@@ -89,6 +89,11 @@ class ViewResult:
                 raise ValueError(f"source dataset has no {keyword}")
         if not isinstance(self.site, str):
             raise TypeError(f"site must be a str, got {type(self.site).__name__}")
+        if not self.prediction.analysed:
+            if self.prediction.heatmap is not None or self.prediction.findings:
+                raise ValueError("a view that was not analysed has no heatmap or findings")
+            return
+        assert self.prediction.fracture_probability is not None
         _check_probability("fracture_probability", self.prediction.fracture_probability)
         heatmap = np.asarray(self.prediction.heatmap)
         shape = (int(self.source.get("Rows", 0) or 0), int(self.source.get("Columns", 0) or 0))
@@ -100,6 +105,10 @@ class ViewResult:
     @property
     def sop_instance_uid(self) -> str:
         return str(self.source.SOPInstanceUID)
+
+    @property
+    def analysed(self) -> bool:
+        return self.prediction.analysed
 
 
 @dataclass(frozen=True)
@@ -117,21 +126,43 @@ class SkippedView:
 
 @dataclass(frozen=True)
 class StudyResult:
-    """The aggregated result of one study and the views it was computed from."""
+    """The aggregated result of one study and the views the model was given.
 
-    fracture_probability: float
-    positive: bool
+    ``views`` holds every view the model looked at, analysed or not (a view outside its
+    training domain has no probability); the probability aggregates the analysed ones. A
+    study with no analysed view has ``fracture_probability`` and ``positive`` None and
+    says why in ``reason``.
+    """
+
+    fracture_probability: float | None
+    positive: bool | None
     aggregation: str
     threshold: float
     site_probabilities: dict[str, float] = field(default_factory=dict)
     views: list[ViewResult] = field(default_factory=list)
     skipped: list[SkippedView] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def analysed(self) -> bool:
+        return self.fracture_probability is not None
+
+    @property
+    def views_analysed(self) -> int:
+        return sum(v.analysed for v in self.views)
 
     def __post_init__(self) -> None:
-        _check_probability("fracture_probability", self.fracture_probability)
         _check_probability("threshold", self.threshold)
-        if not isinstance(self.positive, bool):
-            raise TypeError(f"positive must be a bool, got {self.positive!r}")
+        if self.fracture_probability is None or self.positive is None:
+            if self.fracture_probability is not None or self.positive is not None:
+                raise ValueError("a result has both a probability and a verdict, or neither")
+            _check_text("reason", self.reason)
+            if any(v.analysed for v in self.views):
+                raise ValueError("a study with an analysed view has a probability")
+        else:
+            _check_probability("fracture_probability", self.fracture_probability)
+            if not isinstance(self.positive, bool):
+                raise TypeError(f"positive must be a bool, got {self.positive!r}")
         _check_text("aggregation", self.aggregation)
         for site, p in self.site_probabilities.items():
             _check_probability(f"site probability of {site!r}", p)
