@@ -90,6 +90,8 @@ def reported_findings(predictions: Sequence[ViewPrediction], threshold: float,
     """The predictions with the findings a reader is shown
     (:func:`models.findings.reported_findings`: none on a negative or unanalysed view, at
     most ``max_findings`` on a positive one)."""
+    if max_findings < 0:
+        raise ValueError(f"max_findings must be >= 0, got {max_findings}")
     return [dataclasses.replace(p, findings=shown_findings(
         p.findings, p.fracture_probability, threshold, max_findings)) for p in predictions]
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
+from models.domain import fit_domain
 from models.nets import GlobalPoolClassifier
 from models.registry import Finding, ModelMetadata, ViewPrediction, save_checkpoint
 from models.synth import generate_dataset, read_manifest
@@ -34,23 +37,40 @@ from workers.pipeline import (
     StudyPipeline,
     reported_findings,
 )
-from workers.routing import Route, ViewHeader, route_for
+from workers.routing import Route, Routing, ViewHeader, route_for
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
+ARCH = {"num_classes": 2, "backbone": "resnet18", "stages": 1, "pooling": "lse",
+        "lse_r": 10.0, "transition_channels": 8, "in_channels": 1}
+SCOPE = {"body_parts": ["HIP", "PELVIS", "WRIST"], "view_positions": []}
+
+
+def tiny_checkpoint(path: Path, *, threshold: float | None,
+                    scope: dict[str, list[str]] | None = None) -> Path:
+    """A tiny untrained model; ``threshold`` None leaves it uncalibrated, else its domain
+    check lets views pass up to that score (1e9: every view, 0: none)."""
+    torch.manual_seed(0)
+    meta = ModelMetadata(model_type="global_pool", name="tiny-test", version="0.0.1",
+                         classes=("normal", "fracture"), input_size=64, architecture=ARCH,
+                         synthetic_demo=True, intended_use="test",
+                         scope=SCOPE if scope is None else scope)
+    domain = None
+    if threshold is not None:
+        rng = np.random.default_rng(0)
+        dims = 2 * ARCH["transition_channels"]
+        stats = fit_domain(rng.normal(size=(40, dims)), rng.integers(0, 2, 40),
+                           rng.normal(size=(10, dims)), layer="transition")
+        domain = dataclasses.replace(stats, threshold=threshold)
+    save_checkpoint(path, GlobalPoolClassifier(**ARCH), meta, domain=domain)
+    return path
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    arch = {"num_classes": 2, "backbone": "resnet18", "stages": 1, "pooling": "lse",
-            "lse_r": 10.0, "transition_channels": 8, "in_channels": 1}
-    meta = ModelMetadata(model_type="global_pool", name="tiny-test", version="0.0.1",
-                         classes=("normal", "fracture"), input_size=64, architecture=arch,
-                         synthetic_demo=True, intended_use="test")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, GlobalPoolClassifier(**arch), meta)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", threshold=1e9)
 
 
 def _study_files(tmp_path: Path) -> list[Path]:
@@ -143,18 +163,42 @@ def test_retried_job_reproduces_the_same_objects(
         assert (job.state, job.attempts) == (JobState.DONE, 2)
 
 
+def _demo_scope(ref: str) -> tuple[str, ...]:
+    return ("HIP", "PELVIS", "WRIST") if ref == "demo" else ()
+
+
 def test_routing_never_processes_reports_or_own_output() -> None:
     cr = "1.2.840.10008.5.1.4.1.1.1"
     view = ViewHeader("1.2.3", cr, "WRIST", "PA", "R", produced=False)
-    assert route_for(view, []) is not None
-    assert route_for(ViewHeader("1.2.3", SR_CLASS, "WRIST", "", "", False), []) is None
-    assert route_for(ViewHeader("1.2.3", cr, "WRIST", "PA", "R", produced=True), []) is None
+    assert route_for(view, [], _demo_scope).route is not None
+    sr = route_for(ViewHeader("1.2.3", SR_CLASS, "WRIST", "", "", False), [], _demo_scope)
+    assert sr.route is None and sr.reason == ""  # never an image: not even "not analysed"
+    own = route_for(ViewHeader("1.2.3", cr, "WRIST", "PA", "R", produced=True), [], _demo_scope)
+    assert own.route is None and own.reason == ""
     hips_only = [Route(name="hips", body_parts=["Hüfte"])]
-    assert route_for(view, hips_only) is None
+    assert route_for(view, hips_only, _demo_scope).reason == "no route matches"
     hip = ViewHeader("1.2.4", cr, "HIP", "AP", "L", produced=False)
-    assert route_for(hip, hips_only).name == "hips"
+    assert route_for(hip, hips_only, _demo_scope).route.name == "hips"
     rg3 = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"), stop_before_pixels=True)
     assert rg3.SOPClassUID == cr
+
+
+def test_default_routing_keeps_each_model_inside_its_scope() -> None:
+    cr = "1.2.840.10008.5.1.4.1.1.1"
+    chest = ViewHeader("1.2.5", cr, "CHEST", "PA", "", produced=False)
+    unknown = ViewHeader("1.2.6", cr, "UNKNOWN", "AP", "", produced=False)
+    assert route_for(chest, [], _demo_scope) == Routing(None, "out of scope (CHEST)")
+    assert route_for(unknown, [], _demo_scope) == Routing(None,
+                                                          "out of scope (body part unknown)")
+    # A route without body parts is still held to the model's scope ...
+    any_view = [Route(name="all", model="demo")]
+    assert route_for(chest, any_view, _demo_scope).reason == "out of scope (CHEST)"
+    # ... one that names body parts is the operator's choice, followed as written.
+    forced = [Route(name="forced", model="demo", body_parts=["CHEST"])]
+    assert route_for(chest, forced, _demo_scope).route.name == "forced"
+    # A model that records no scope analyses nothing unless a route names body parts.
+    other = [Route(name="other", model="/models/old.pt")]
+    assert "no anatomy" in route_for(chest, other, _demo_scope).reason
 
 
 def _value_types(items) -> list[str]:
@@ -215,3 +259,93 @@ def test_max_findings_zero_marks_no_regions(node_storage, checkpoint: Path, tmp_
         sr = session.scalars(select(Instance).where(Instance.sop_class_uid == SR_CLASS)).one()
     types = _value_types(pydicom.dcmread(store.path_of(sr.relpath)).ContentSequence)
     assert "SCOORD" not in types
+
+
+def _comments(sr: pydicom.Dataset) -> list[str]:
+    found = []
+
+    def walk(items) -> None:
+        for item in items:
+            if item.ValueType == "TEXT":
+                found.append(str(item.TextValue))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    return found
+
+
+def test_views_outside_the_training_domain_are_not_analysed(
+    node_storage, tmp_path: Path
+) -> None:
+    store, sessions = node_storage
+    files = _study_files(tmp_path)
+    for f in files:
+        ingest_file(store, sessions, f)
+    job_id = settle_job(sessions)
+    refuse_all = tiny_checkpoint(tmp_path / "strict.pt", threshold=0.0)
+    options = PipelineOptions(routes=(Route(model=str(refuse_all)),), threshold=1e-6)
+    assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) == "done"
+
+    with sessions() as session:
+        result = JobRepository(session).result_for(job_id)
+        produced = session.scalars(select(Instance).where(
+            Instance.source == InstanceSource.PRODUCED)).all()
+        study = session.get(Job, job_id).study
+        assert study.priority is None  # nothing to triage on
+        state, reason = result.state, result.reason
+        counts = (result.views_analysed, result.views_total)
+        probability, positive = result.fracture_probability, result.positive
+    assert (state, probability, positive) == ("not_analysed", None, None)
+    assert reason == "outside the model's training domain"  # per-view scores left out
+    assert counts == (0, len(files))
+
+    sr_row = next(i for i in produced if i.sop_class_uid == SR_CLASS)
+    sr = pydicom.dcmread(store.path_of(sr_row.relpath))
+    types = _value_types(sr.ContentSequence)
+    assert "NUM" not in types and "SCOORD" not in types  # no probability, no region
+    comments = _comments(sr)
+    assert f"Views analysed: 0 of {len(files)}." in comments
+    assert "Study not analysed: outside the model's training domain." in comments
+    assert sum("outside the model's training domain (score" in c for c in comments) == len(files)
+
+    scs = [i for i in produced if i.sop_class_uid == SC_CLASS]
+    assert len(scs) == len(files)
+    dciodvfy = shutil.which("dciodvfy")
+    assert dciodvfy, "dciodvfy (dicom3tools) must be installed: run `make test`"
+    for item in scs + [sr_row]:
+        out = subprocess.run([dciodvfy, str(store.path_of(item.relpath))],
+                             capture_output=True, text=True, timeout=60)
+        assert not [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+    for item in scs:
+        sc = pydicom.dcmread(store.path_of(item.relpath))
+        rgb = sc.pixel_array.astype(int)
+        view = rgb[-int(sc.Rows) // 2:]  # below the banner: the view itself
+        # Grey everywhere: no heatmap colour and no box drawn on a view not analysed.
+        assert np.array_equal(view[..., 0], view[..., 1])
+        assert np.array_equal(view[..., 1], view[..., 2])
+        assert "not analysed" in sc.DerivationDescription
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_an_uncalibrated_model_answers_only_when_the_config_allows(
+    node_storage, tmp_path: Path, allow: bool
+) -> None:
+    store, sessions = node_storage
+    for f in _study_files(tmp_path):
+        ingest_file(store, sessions, f)
+    uncalibrated = tiny_checkpoint(tmp_path / "raw.pt", threshold=None)
+    options = PipelineOptions(routes=(Route(model=str(uncalibrated)),),
+                              allow_uncalibrated=allow)
+    job_id = settle_job(sessions)
+    assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) == "done"
+    with sessions() as session:
+        result = JobRepository(session).result_for(job_id)
+        state, probability, reason = result.state, result.fracture_probability, result.reason
+        checks = list(result.summary["models"]["tiny-test 0.0.1"]["domain"].values())
+    assert checks and all(not c["calibrated"] and c["in_domain"] == allow for c in checks)
+    if allow:
+        assert state == "analysed" and probability is not None and reason is None
+    else:
+        assert (state, probability) == ("not_analysed", None)
+        assert "no domain calibration" in reason

@@ -1,8 +1,9 @@
 """Every registered model type runs through the study pipeline and yields valid objects.
 
-A tiny, randomly initialised checkpoint of each type is routed a synthetic two-view study;
-the node must store one SR and one SC per view, each passing dciodvfy, with the study's
-aggregation recorded (the learned one for study-level types).
+A tiny, randomly initialised checkpoint of each type, its domain check calibrated on
+synthetic views (:mod:`models.calibration`), is routed a synthetic two-view study; the node
+must store one SR and one SC per view, each passing dciodvfy, with the study's aggregation
+recorded (the learned one for study-level types) and every view's domain score.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from models.calibration import calibrate_checkpoint
 from models.registry import ModelMetadata, model_type_spec, model_types, save_checkpoint
 from models.synth import generate_dataset, read_manifest
 from models.train import TrainConfig
@@ -34,8 +36,10 @@ EXPECTED_TYPES = {"global_pool", "stl", "stn", "localize_classify", "two_stage",
                   "mvcnn"}
 
 
-def tiny_checkpoint(model_type: str, path: Path, *, input_size: int = 64) -> Path:
-    """A randomly initialised checkpoint of ``model_type`` small enough for a test."""
+def tiny_checkpoint(model_type: str, path: Path, *, input_size: int = 64,
+                    calibration: Path | None = None) -> Path:
+    """A randomly initialised checkpoint of ``model_type`` small enough for a test, its
+    domain check calibrated on the data set ``calibration`` when given."""
     torch.manual_seed(0)
     spec = model_type_spec(model_type)
     assert spec.training is not None
@@ -46,6 +50,9 @@ def tiny_checkpoint(model_type: str, path: Path, *, input_size: int = 64) -> Pat
                          classes=("normal", "fracture"), input_size=input_size,
                          architecture=arch, synthetic_demo=True)
     save_checkpoint(path, spec.build(**arch), meta)
+    if calibration is not None:
+        stats, scope = calibrate_checkpoint(path, calibration, pass_rate=0.99)
+        assert stats.layer == spec.feature_layer and scope["body_parts"]
     return path
 
 
@@ -54,20 +61,28 @@ def test_every_model_type_of_the_seed_papers_is_registered() -> None:
 
 
 @pytest.fixture(scope="module")
-def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def synthetic_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, studies=3, seed=5, size=160)
-    entries = read_manifest(root)
+    generate_dataset(root, studies=10, seed=5, size=160)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study_files(synthetic_set: Path) -> list[Path]:
+    entries = read_manifest(synthetic_set)
     uid = entries[0]["study_instance_uid"]
-    files = [root / e["path"] for e in entries if e["study_instance_uid"] == uid]
+    files = [synthetic_set / e["path"] for e in entries if e["study_instance_uid"] == uid]
     assert len(files) >= 2
     return files
 
 
+@pytest.mark.filterwarnings("ignore:only .* held-out views set the domain threshold")
 @pytest.mark.parametrize("model_type", sorted(EXPECTED_TYPES))
 def test_model_type_runs_through_the_pipeline(model_type: str, study_files: list[Path],
-                                              node_storage, tmp_path: Path) -> None:
-    checkpoint = tiny_checkpoint(model_type, tmp_path / f"{model_type}.pt")
+                                              synthetic_set: Path, node_storage,
+                                              tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(model_type, tmp_path / f"{model_type}.pt",
+                                 calibration=synthetic_set)
     store, sessions = node_storage
     for f in study_files:
         ingest_file(store, sessions, f)
