@@ -238,7 +238,7 @@ def _batches(data: PreparedSet, size: int = 32) -> list[np.ndarray]:
 def infer(model: FractureModel, data: PreparedSet) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, C) and input-grid heatmaps (N, S, S) of the prepared views."""
     parts = [model.infer_arrays(list(chunk)) for chunk in _batches(data)]
-    return np.concatenate([p for p, _ in parts]), np.concatenate([h for _, h in parts])
+    return np.concatenate([p for p, _, _ in parts]), np.concatenate([h for _, h, _ in parts])
 
 
 def network_outputs(model: FractureModel, data: PreparedSet,

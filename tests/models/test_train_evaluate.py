@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from models.augment import AugmentConfig
 from models.data import prepare_dataset, read_manifest
 from models.nets import GlobalPoolClassifier
+from models.preprocess import normalise_body_part
 from models.registry import ModelMetadata, load_model, save_checkpoint
 from models.synth import generate_dataset
 from models.train import TrainConfig, seed_everything, train
@@ -102,9 +103,14 @@ def test_checkpoint_carries_metadata_and_predicts_on_the_original_grid(
     assert meta.synthetic_demo is True
     assert "not for diagnostic" in model.notice
     assert meta.training["recipe"]["seed"] == 5
+    # The run records what it was trained for and calibrates its domain check.
+    body_parts = {normalise_body_part(e["body_part_examined"]) for e in read_manifest(dataset)}
+    assert set(meta.scope["body_parts"]) == body_parts - {"UNKNOWN"}
+    assert model.calibrated and model.domain.layer == "transition"
+    assert tiny_run.summary["domain"]["calibrated"] is True
     entries = read_manifest(dataset)[:3]
     datasets = [pydicom.dcmread(dataset / e["path"]) for e in entries]
-    predictions = model.predict(datasets, batch_size=2)
+    predictions = model.predict(datasets, batch_size=2, abstain=False)
     assert len(predictions) == 3
     for ds, pred in zip(datasets, predictions, strict=True):
         assert pred.heatmap.shape == (ds.Rows, ds.Columns)
