@@ -85,6 +85,8 @@ def train(
     synthetic: Annotated[bool, typer.Option(help="Train on freshly generated synthetic data")]
     = False,
     synthetic_studies: Annotated[int, typer.Option(min=2)] = 400,
+    synthetic_artifacts: Annotated[bool, typer.Option(
+        help="Draw the artifacts of real films into the synthetic studies")] = True,
     data_seed: Annotated[int, typer.Option(help="Seed of the synthetic training set")] = 1000,
     synthetic_workers: Annotated[int, typer.Option(
         min=1, help="Processes that write the synthetic set (same files for any number)")] = 1,
@@ -165,15 +167,16 @@ def train(
     if synthetic:
         from models.synth import generate_dataset
 
-        data = run_dir / f"synthetic-seed{data_seed}-n{synthetic_studies}"
+        data = run_dir / (f"synthetic-seed{data_seed}-n{synthetic_studies}"
+                          + ("" if synthetic_artifacts else "-clean"))
         if not (data / "manifest.jsonl").is_file():
             with _progress() as bar:
                 task = bar.add_task("synthesising training studies", total=synthetic_studies)
                 generate_dataset(data, studies=synthetic_studies, seed=data_seed,
-                                 workers=synthetic_workers,
+                                 workers=synthetic_workers, artifacts=synthetic_artifacts,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
         description = {"kind": "synthetic", "generator": "models.synth", "seed": data_seed,
-                       "studies": synthetic_studies}
+                       "studies": synthetic_studies, "artifacts": synthetic_artifacts}
     else:
         description = {"kind": "folder", "path": str(data)}
     if data is None:  # unreachable: checked above; keeps the type checker informed
