@@ -241,7 +241,11 @@ def test_job_killed_while_running_completes_once_after_restart(
 ) -> None:
     dest = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
              "port": orthanc.dicom_port}]
-    node = make_node(tmp_path / "node", destinations=dest, stable_seconds=1.0)
+    # RG3 is a lower leg (EXTREMITY), outside the demo model's scope: a route sends it on
+    # purpose, so that the job runs the model.
+    legs = {"pipeline": {"routes": [{"name": "legs", "model": "demo",
+                                     "body_parts": ["EXTREMITY"]}]}}
+    node = make_node(tmp_path / "node", destinations=dest, stable_seconds=1.0, extra=legs)
     node.start()
     try:
         # The kill must land while the job runs; if it lands after the job finished (a

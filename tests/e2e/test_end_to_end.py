@@ -1,13 +1,16 @@
 """A modality pushes studies; the PACS (Orthanc) receives one SR and one SC per view.
 
 Runs the real node process (`pacs-node serve`) with the embedded queue on SQLite, and with
-PostgreSQL + Redis + a separate `pacs-node worker`.
+PostgreSQL + Redis + a separate `pacs-node worker`. The real films of pydicom-data are a
+chest (RG1) and a lower leg (RG3): outside the demo model's scope by default, and outside
+its training domain when a route forces them through it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -22,16 +25,32 @@ from .conftest import (
     NodeProcess,
     Orthanc,
     dciodvfy_errors,
+    index_rows,
     make_node,
     storescu,
     two_view_study_files,
     wait_for,
 )
 
+# RG1 (CHEST) and RG3 (EXTREMITY) are forced through the demo model; everything else goes
+# to it only inside its scope.
+FORCED_ROUTES = {"pipeline": {"routes": [
+    {"name": "forced", "model": "demo", "body_parts": ["EXTREMITY", "CHEST"]},
+    {"name": "demo", "model": "demo"},
+]}}
+
 
 @pytest.fixture(scope="module")
 def two_view_study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return two_view_study_files(tmp_path_factory.mktemp("synth"), size=384)
+    # At the demo model's own 512 px, so that both views are inside its training domain.
+    return two_view_study_files(tmp_path_factory.mktemp("synth"), size=512)
+
+
+def _grey_below_banner(sc: pydicom.Dataset, source_rows: int) -> bool:
+    """Whether the view part of an SC is plain grey: no heatmap colour, no box."""
+    rgb = sc.pixel_array.astype(int)
+    view = rgb[-max(1, min(source_rows, int(sc.Rows)) // 2):]
+    return bool((view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all())
 
 
 def _results(orthanc: Orthanc, study_uid: str) -> tuple[list[dict], list[dict]]:
@@ -90,33 +109,87 @@ def test_pushed_studies_come_back_as_sr_and_sc(
     dest = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
              "port": orthanc.dicom_port}]
     if backend == "sqlite-embedded":
-        node = make_node(tmp_path / "node", destinations=dest)
+        node = make_node(tmp_path / "node", destinations=dest, extra=FORCED_ROUTES)
     else:
-        node = make_node(tmp_path / "node", destinations=dest,
+        node = make_node(tmp_path / "node", destinations=dest, extra=FORCED_ROUTES,
                          database_url=postgres_url_factory(), broker_url=redis_url_factory())
     node.start(with_worker=backend != "sqlite-embedded")
     try:
+        rg1 = Path(get_testdata_file("RG1_UNCR.dcm"))
         rg3 = Path(get_testdata_file("RG3_UNCR.dcm"))
-        for files in ([rg3], two_view_study):
+        for files in ([rg3], [rg1], two_view_study):
             result = storescu(node.port, files)
             assert result.returncode == 0, result.stderr
-        _check_study(orthanc, node, [rg3], tmp_path)
-        _check_study(orthanc, node, two_view_study, tmp_path)
-
-        # The SC of RG3 (MONOCHROME1) shows bone bright on a dark background.
-        rg3_uid = str(pydicom.dcmread(rg3, stop_before_pixels=True).StudyInstanceUID)
-        _, scs = _results(orthanc, rg3_uid)
-        sc = pydicom.dcmread(io.BytesIO(orthanc.file(scs[0]["id"])))
-        grey = sc.pixel_array.astype(float).mean(axis=2)
-        rows, cols = grey.shape
-        # RG3's tibia runs down the middle of the collimated field; air lies beside the leg.
-        bone = grey[int(rows * 0.3):int(rows * 0.6), int(cols * 0.45):int(cols * 0.5)].mean()
-        air = grey[int(rows * 0.3):int(rows * 0.6), int(cols * 0.27):int(cols * 0.31)].mean()
-        assert bone > air + 60, (bone, air)
-
+        for files in ([rg3], [rg1], two_view_study):
+            _check_study(orthanc, node, files, tmp_path)
         listing = {s["study_instance_uid"]: s for s in node.studies()}
-        assert listing[rg3_uid]["job_state"] == "done"
-        assert listing[rg3_uid]["fracture_probability"] is not None
+
+        # The real films are outside the demo model's training domain: no verdict, no
+        # number, and overlays that show the view plain, without heatmap or boxes.
+        for film in (rg1, rg3):
+            source = pydicom.dcmread(film, stop_before_pixels=True)
+            study = listing[str(source.StudyInstanceUID)]
+            assert study["job_state"] == "done"
+            assert study["result"] == "not_analysed", study
+            assert study["reason"].startswith("outside the model's training domain"), study
+            assert "fracture_probability" not in study and "positive" not in study
+            assert (study["views_analysed"], study["views_total"]) == (0, 1)
+            _, scs = _results(orthanc, str(source.StudyInstanceUID))
+            sc = pydicom.dcmread(io.BytesIO(orthanc.file(scs[0]["id"])))
+            assert _grey_below_banner(sc, int(source.Rows)), film.name
+            if film == rg3:
+                # The SC of RG3 (MONOCHROME1) shows bone bright on a dark background: its
+                # tibia runs down the middle of the collimated field, air lies beside it.
+                grey = sc.pixel_array.astype(float).mean(axis=2)
+                rows, cols = grey.shape
+                bone = grey[int(rows * 0.3):int(rows * 0.6), int(cols * 0.45):int(cols * 0.5)]
+                air = grey[int(rows * 0.3):int(rows * 0.6), int(cols * 0.27):int(cols * 0.31)]
+                assert bone.mean() > air.mean() + 60, (bone.mean(), air.mean())
+
+        # The synthetic hip/wrist study is inside scope and domain: analysed, every view.
+        synthetic = listing[str(pydicom.dcmread(two_view_study[0],
+                                                stop_before_pixels=True).StudyInstanceUID)]
+        assert synthetic["result"] == "analysed", synthetic
+        assert 0.0 <= synthetic["fracture_probability"] <= 1.0
+        assert (synthetic["views_analysed"], synthetic["views_total"]) == (2, 2)
+    finally:
+        node.stop()
+
+
+def test_default_config_never_judges_a_chest_film(orthanc: Orthanc, tmp_path: Path) -> None:
+    """With no routes the demo model sees only its own anatomy: RG1, a chest PA film, is
+    "not analysed: out of scope (CHEST)" and nothing is written to the PACS."""
+    dest = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
+             "port": orthanc.dicom_port}]
+    node = make_node(tmp_path / "node", destinations=dest)
+    node.start()
+    try:
+        rg1 = Path(get_testdata_file("RG1_UNCR.dcm"))
+        study_uid = str(pydicom.dcmread(rg1, stop_before_pixels=True).StudyInstanceUID)
+        result = storescu(node.port, [rg1])
+        assert result.returncode == 0, result.stderr
+
+        def done() -> dict | None:
+            rows = [s for s in node.studies() if s["study_instance_uid"] == study_uid]
+            return rows[0] if rows and rows[0]["job_state"] == "done" else None
+
+        study = wait_for(done, timeout=90, what="the job of RG1 to finish", interval=0.5)
+        assert study["result"] == "not_analysed"
+        assert study["reason"] == "out of scope (CHEST)"
+        assert "fracture_probability" not in study
+        # No verdict anywhere: no SR or overlay made, none queued for the PACS.
+        assert index_rows(node, "SELECT id FROM instances WHERE source = 'produced'") == []
+        assert index_rows(node, "SELECT id FROM exports") == []
+        assert orthanc.instances_of(study_uid) == []
+        # The table a person reads says the same.
+        from .conftest import PACS_NODE
+
+        table = subprocess.run([PACS_NODE, "studies", "--config", str(node.config)],
+                               cwd=node.workdir, capture_output=True, text=True, timeout=120,
+                               env={**os.environ, **node.env, "COLUMNS": "250"})
+        assert table.returncode == 0, table.stderr
+        assert "not analysed: out of scope (CHEST)" in table.stdout
+        assert "FRACTURE" not in table.stdout.upper().replace("NOT ANALYSED", "")
     finally:
         node.stop()
 
