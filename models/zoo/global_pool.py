@@ -50,7 +50,7 @@ def _global_pool_loss(network: nn.Module, batch: TrainBatch, ctx: LossContext) -
 register_model_type(
     "global_pool",
     ModelTypeSpec(
-        feature_layer="transition",
+        feature_layer="features",
         build=GlobalPoolClassifier,
         infer=_infer_global_pool,
         training=TrainingSpec(architecture=global_pool_architecture, loss=_global_pool_loss),

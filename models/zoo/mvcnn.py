@@ -59,7 +59,7 @@ def _loss(network: nn.Module, batch: TrainBatch, ctx: LossContext) -> torch.Tens
 register_model_type(
     "mvcnn",
     ModelTypeSpec(
-        feature_layer="transition",
+        feature_layer="features",
         build=MultiViewClassifier,
         infer=_infer,
         training=TrainingSpec(architecture=global_pool_architecture, loss=_loss, study_level=True),

@@ -69,7 +69,7 @@ def test_demo_weights_record_their_scope_and_a_calibrated_domain_check(
     assert demo.domain is not None
     assert demo.domain.pass_rate == 0.99
     assert demo.domain.threshold_views >= 200  # held-out validation views set the threshold
-    assert demo.domain.layer == "transition"
+    assert demo.domain.layer == "features"
 
 
 @pytest.mark.parametrize("name", sorted(_foreign_views()))

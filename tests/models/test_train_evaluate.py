@@ -106,7 +106,7 @@ def test_checkpoint_carries_metadata_and_predicts_on_the_original_grid(
     # The run records what it was trained for and calibrates its domain check.
     body_parts = {normalise_body_part(e["body_part_examined"]) for e in read_manifest(dataset)}
     assert set(meta.scope["body_parts"]) == body_parts - {"UNKNOWN"}
-    assert model.calibrated and model.domain.layer == "transition"
+    assert model.calibrated and model.domain.layer == "features"
     assert tiny_run.summary["domain"]["calibrated"] is True
     entries = read_manifest(dataset)[:3]
     datasets = [pydicom.dcmread(dataset / e["path"]) for e in entries]

@@ -60,9 +60,9 @@ def tiny_checkpoint(path: Path, *, threshold: float | None,
     domain = None
     if threshold is not None:
         rng = np.random.default_rng(0)
-        dims = 2 * ARCH["transition_channels"]
+        dims = 2 * 64  # mean and spread of the 64 channels of a one-stage ResNet-18
         stats = fit_domain(rng.normal(size=(40, dims)), rng.integers(0, 2, 40),
-                           rng.normal(size=(10, dims)), layer="transition")
+                           rng.normal(size=(10, dims)), layer="features")
         domain = dataclasses.replace(stats, threshold=threshold)
     save_checkpoint(path, GlobalPoolClassifier(**ARCH), meta, domain=domain)
     return path
