@@ -259,7 +259,8 @@ def _train(
     frozen = _freeze(network, config.freeze)
     # Channels-last runs the convolutions of a ResNet ~1.5x faster on a CPU (oneDNN) and on
     # tensor cores; the weights it saves are the same tensors.
-    network.to(device, memory_format=torch.channels_last)
+    network.to(device)
+    network.to(memory_format=torch.channels_last)
     use_weights = config.balance in ("weights", "both")
     weights = class_weights(labels, len(classes)) if use_weights else None
     groups = ([(list(network.parameters()), 1.0)] if hooks.param_groups is None

@@ -116,7 +116,7 @@ def route_for(view: ViewHeader, routes: Sequence[RouteLike],
         return Routing(None)
     if view.sop_class_uid not in IMAGE_SOP_CLASSES and not any(r.sop_classes for r in routes):
         return Routing(None)
-    candidates: Sequence[RouteLike] = routes or (DEFAULT_ROUTE,)
+    candidates: Sequence[RouteLike] = routes if routes else [DEFAULT_ROUTE]
     for rule in candidates:
         allowed = rule.sop_classes or sorted(IMAGE_SOP_CLASSES)
         if (view.sop_class_uid in allowed

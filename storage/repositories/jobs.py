@@ -108,12 +108,13 @@ class JobRepository:
                            lease_expires_at=None, last_error=None)
         if job is None:
             return None
-        analysed = fracture_probability is not None
+        probability = None if fracture_probability is None else float(fracture_probability)
+        analysed = probability is not None
         result = Result(job_id=job.id, study_id=job.study_id,
                         state=ResultState.ANALYSED if analysed else ResultState.NOT_ANALYSED,
                         reason=reason or None, views_analysed=views_analysed,
                         views_total=views_total,
-                        fracture_probability=float(fracture_probability) if analysed else None,
+                        fracture_probability=probability,
                         positive=bool(positive) if analysed else None, aggregation=aggregation,
                         threshold=float(threshold), summary=dict(summary), created_at=now,
                         superseded=False)
