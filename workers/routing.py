@@ -42,12 +42,18 @@ _NEVER_PREFIXES = (
 class RouteLike(Protocol):
     """A route rule (``pacs_node.config.RouteRule`` satisfies it)."""
 
-    name: str
-    model: str
-    body_parts: list[str]
-    view_positions: list[str]
-    lateralities: list[str]
-    sop_classes: list[str]
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def body_parts(self) -> list[str]: ...
+    @property
+    def view_positions(self) -> list[str]: ...
+    @property
+    def lateralities(self) -> list[str]: ...
+    @property
+    def sop_classes(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
