@@ -63,6 +63,7 @@ def calibrate(
 ) -> DomainStats:
     """Domain statistics of ``model`` fitted on ``data``'s training-side studies, with the
     threshold from the held-out side (``split_by_study(entries, val_fraction, seed)``)."""
+    model = model.uncalibrated()  # fit at the type's layer, whatever was there before
     if not model.feature_layer:
         raise ValueError(f"model type {model.metadata.model_type!r} names no feature layer")
     fit_idx, held_idx = split_by_study(data.entries, val_fraction, seed)

@@ -289,8 +289,19 @@ class FractureModel:
         self.network = network.to(self.device).eval()
         self._spec = spec
         self.domain = domain
-        self._feature_module = (dict(network.named_modules())[spec.feature_layer]
-                                if spec.feature_layer else None)
+        # The statistics name the layer they were fitted on; a model type may have moved
+        # its default since, and an old checkpoint keeps working.
+        self._feature_layer = domain.layer if domain is not None else spec.feature_layer
+        modules = dict(network.named_modules())
+        if self._feature_layer and self._feature_layer not in modules:
+            raise ValueError(f"the domain check reads layer {self._feature_layer!r}, which "
+                             f"a {metadata.model_type} network does not have")
+        self._feature_module = modules[self._feature_layer] if self._feature_layer else None
+
+    def uncalibrated(self) -> FractureModel:
+        """The same network without domain statistics, reading its type's default layer
+        (what :func:`models.calibration.calibrate` fits)."""
+        return FractureModel(self.metadata, self.network, self._spec, device=str(self.device))
 
     @property
     def calibrated(self) -> bool:
@@ -299,7 +310,8 @@ class FractureModel:
 
     @property
     def feature_layer(self) -> str:
-        return self._spec.feature_layer
+        """The layer the domain check reads (the statistics' own, else the type's)."""
+        return self._feature_layer
 
     @property
     def notice(self) -> str:
