@@ -229,6 +229,33 @@ def test_listing_shows_latest_job_and_result(received: sessionmaker[Session]) ->
             by_uid[uid(2)].fracture_probability) == (b, "queued", None)
 
 
+def test_a_study_not_analysed_has_a_reason_and_no_number(
+        received: sessionmaker[Session]) -> None:
+    a, b = _settle(received, 60)
+    with received() as session:
+        jobs = JobRepository(session)
+        jobs.claim(a, lease_seconds=60, now=at(61))
+        with pytest.raises(ValueError, match="needs a reason"):
+            jobs.complete(a, fracture_probability=None, positive=None, aggregation="max",
+                          threshold=0.5, summary={}, now=at(62))
+        with pytest.raises(ValueError, match="or neither"):
+            jobs.complete(a, fracture_probability=0.2, positive=None, aggregation="max",
+                          threshold=0.5, summary={}, now=at(62))
+        with pytest.raises(ValueError, match="views_analysed"):
+            jobs.complete(a, fracture_probability=0.2, positive=False, aggregation="max",
+                          threshold=0.5, summary={}, views_analysed=3, views_total=2)
+        jobs.complete(a, fracture_probability=None, positive=None, aggregation="max",
+                      threshold=0.5, summary={}, reason="out of scope (CHEST)",
+                      views_analysed=0, views_total=2, now=at(62))
+        session.commit()
+    with received() as session:
+        row = next(r for r in StudyRepository(session).list_with_latest(limit=10)
+                   if r.job_id == a)
+    assert (row.result_state, row.reason, row.fracture_probability, row.positive) == \
+        ("not_analysed", "out of scope (CHEST)", None, None)
+    assert (row.views_analysed, row.views_total) == (0, 2)
+
+
 def test_exports(store: FileStore, received: sessionmaker[Session]) -> None:
     sr = meta(study=1, series=90, sop=1, modality="SR")
     ingest(store, received, content("sr"), sr, source="produced", now=at(70))
