@@ -23,6 +23,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
+from models.domain import DomainCheck
 from models.registry import Finding, ViewPrediction
 from workers.results import (
     IMPLEMENTATION_CLASS_UID,
@@ -31,6 +32,7 @@ from workers.results import (
     StudyResult,
     ViewResult,
     algorithm_device_uid,
+    banner_lines,
     build_secondary_captures,
     build_sr,
     display_image,
@@ -478,6 +480,32 @@ def test_sc_of_a_paired_body_part_without_laterality_keeps_laterality_present(
     assert "PatientOrientation" in back and not back.PatientOrientation
     assert "NOT FOR DIAGNOSTIC" not in back.SeriesDescription
     errors, _ = _dciodvfy(_to_bytes(build_sr(study, CLINICAL, job_key="job-hand")), tmp_path, "h")
+    assert errors == []
+
+
+def test_sc_of_an_unpaired_body_part_not_analysed_has_no_laterality(
+    rg3: Dataset, tmp_path: Path
+) -> None:
+    chest = _crafted_view(rg3, body_part="CHEST", laterality=None, seed=4)
+    refused = ViewPrediction(probabilities=None, fracture_probability=None, heatmap=None,
+                             findings=(), domain=DomainCheck(False, 31.0, 24.4))
+    view = ViewResult(chest, refused, "CHEST")
+    study = StudyResult(None, None, "max", 0.5, {}, [view], [],
+                        reason="outside the model's training domain")
+    (sc,) = build_secondary_captures(study, ALGORITHM, job_key="job-chest")
+    data = _to_bytes(sc)
+    errors, _ = _dciodvfy(data, tmp_path, "chest")
+    assert errors == []
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert "Laterality" not in back  # CHEST is not a paired structure
+    assert "not analysed" in back.DerivationDescription
+    lines = [text for text, _ in banner_lines(study, view, ALGORITHM)]
+    assert lines[0].startswith("STUDY: NOT ANALYSED: outside the model's training domain")
+    assert lines[1] == ("THIS VIEW (CHEST): NOT ANALYSABLE: outside the model's training "
+                        "domain (score 31.0, threshold 24.4)")
+    assert not any("p=" in line for line in lines)
+    sr = build_sr(study, ALGORITHM, job_key="job-chest")
+    errors, _ = _dciodvfy(_to_bytes(sr), tmp_path, "chest-sr")
     assert errors == []
 
 

@@ -27,6 +27,13 @@ __all__ = ["banner_lines", "build_secondary_captures", "study_verdict"]
 
 _NOT_DIAGNOSTIC = "SYNTHETIC DEMO MODEL - NOT FOR DIAGNOSTIC USE"
 _ORIENTATION_LETTERS = {v.value for v in PatientOrientationValuesBiped}
+# Body Part Examined defined terms (PS3.16 Annex L) of structures that are not paired, as
+# dciodvfy reads them: the SC of such a view has no Laterality (checked with dciodvfy).
+UNPAIRED_BODY_PARTS = frozenset({
+    "ABDOMEN", "ABDOMENPELVIS", "BRAIN", "CHEST", "CHESTABDOMEN", "CHESTABDPELVIS", "COCCYX",
+    "CSPINE", "CTSPINE", "HEAD", "HEADNECK", "HEART", "LSPINE", "LSSPINE", "NECK", "PELVIS",
+    "SKULL", "SPINE", "SSPINE", "TLSPINE", "TSPINE", "WHOLEBODY",
+})
 
 
 def study_verdict(study: StudyResult) -> str:
@@ -105,10 +112,12 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
     pixels = render_overlay(display, heatmap, findings, [t for t, _ in lines],
                             line_colours=[col for _, col in lines])
     laterality = c.laterality_of(source)
-    # Laterality (General Series, Type 2C) is required when Image Laterality is not sent
-    # (for a paired structure; dciodvfy cannot tell from free-text body parts, so whenever
-    # it is not sent) and must be absent when it is.
-    needs_laterality = not source.get("ImageLaterality")
+    # Laterality (General Series, Type 2C) is required for a paired structure when Image
+    # Laterality is not sent, and must be absent when it is or when the body part is a
+    # defined term for an unpaired one (CHEST, PELVIS...). A free-text body part cannot be
+    # told apart, so it counts as paired.
+    unpaired = str(source.get("BodyPartExamined", "") or "") in UNPAIRED_BODY_PARTS
+    needs_laterality = not source.get("ImageLaterality") and not unpaired
     sc = SCImage.from_ref_dataset(
         ref_dataset=evidence_header(source),
         pixel_array=pixels,
