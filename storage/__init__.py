@@ -24,7 +24,7 @@ from .errors import (
     StorageError,
 )
 from .filestore import FileStore, StagedFile, StoredFile
-from .ingest import ingest
+from .ingest import index_staged, ingest
 from .meta import InstanceMeta, StoreOutcome
 from .repositories import (
     INSTANCE_MATCHING_KEYS,
@@ -77,6 +77,7 @@ __all__ = [
     "InvalidUID",
     "Job",
     "JobRepository",
+    "index_staged",
     "JobState",
     "ResultState",
     "NotFound",

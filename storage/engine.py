@@ -124,16 +124,33 @@ def migrate(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
               else create_engine_for(engine_or_url))
     try:
         with engine.connect() as connection:
-            # One transaction; SQLite takes its write lock up front (BEGIN IMMEDIATE).
-            connection.execution_options(**{_IMMEDIATE: True})
-            with connection.begin():
-                if connection.dialect.name == "postgresql":
-                    key = int.from_bytes(hashlib.sha256(b"pacs-node migrate").digest()[:8],
-                                         "big", signed=True)
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-                config = _alembic_config()
-                config.attributes["connection"] = connection
-                command.upgrade(config, revision)
+            sqlite = connection.dialect.name == "sqlite"
+            raw: Any = connection.connection.dbapi_connection if sqlite else None
+            if sqlite:
+                # SQLite alters a table by copying it and dropping the old one; with foreign
+                # keys on, that drop would cascade into the child tables (results, exports)
+                # and delete them. The pragma only takes effect outside a transaction.
+                raw.execute("PRAGMA foreign_keys = OFF")
+            try:
+                # One transaction; SQLite takes its write lock up front (BEGIN IMMEDIATE).
+                connection.execution_options(**{_IMMEDIATE: True})
+                with connection.begin():
+                    if connection.dialect.name == "postgresql":
+                        key = int.from_bytes(
+                            hashlib.sha256(b"pacs-node migrate").digest()[:8], "big",
+                            signed=True)
+                        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                                           {"k": key})
+                    config = _alembic_config()
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
+                    if sqlite and connection.exec_driver_sql(
+                            "PRAGMA foreign_key_check").first() is not None:
+                        raise RuntimeError("migration left rows whose foreign keys point "
+                                           "nowhere; rolled back")
+            finally:
+                if sqlite:
+                    raw.execute("PRAGMA foreign_keys = ON")
     finally:
         if engine is not engine_or_url:
             engine.dispose()

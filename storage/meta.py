@@ -15,7 +15,16 @@ from pydicom.multival import MultiValue
 from .errors import InvalidInstance
 from .uids import validate_uid
 
-__all__ = ["InstanceMeta", "StoreOutcome"]
+__all__ = ["NODE_MANUFACTURER", "RESULT_SOP_CLASSES", "InstanceMeta", "StoreOutcome"]
+
+#: The Manufacturer every object the node writes carries.
+NODE_MANUFACTURER = "pacs-node"
+#: SOP classes of the node's results: Comprehensive 3D SR, Secondary Capture, Key Object
+#: Selection (IOCM rejection notes).
+RESULT_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.88.59",
+})
 
 
 class StoreOutcome(StrEnum):
@@ -29,6 +38,8 @@ class StoreOutcome(StrEnum):
     DUPLICATE_IDENTICAL = "duplicate_identical"
     DUPLICATE_CONFLICT_KEPT = "duplicate_conflict_kept"
     DUPLICATE_OVERWRITTEN = "duplicate_overwritten"
+    #: One of the node's own results sent back to it: the node's copy is kept.
+    OWN_RESULT = "own_result"
 
 
 # Widths of the index columns; longer (non-conformant) values are cut to fit.
@@ -92,6 +103,9 @@ class InstanceMeta:
     view_position: str = ""
     image_laterality: str = ""
     photometric_interpretation: str = ""
+    # Made by a pacs-node (Manufacturer "pacs-node" on an SR, SC or KOS): a result, which
+    # never re-opens its study for processing (loop protection).
+    node_result: bool = False
 
     def __post_init__(self) -> None:
         for name, keyword in (("sop_instance_uid", "SOPInstanceUID"),
@@ -146,6 +160,8 @@ class InstanceMeta:
             view_position=_text(ds, "ViewPosition", _WIDTH["CS"]),
             image_laterality=_text(ds, "ImageLaterality", _WIDTH["CS"]),
             photometric_interpretation=_text(ds, "PhotometricInterpretation", _WIDTH["CS"]),
+            node_result=(_text(ds, "Manufacturer", _WIDTH["LO"]) == NODE_MANUFACTURER
+                         and str(sop_class) in RESULT_SOP_CLASSES),
         )
 
     @classmethod

@@ -169,6 +169,11 @@ class Instance(Base):
     received_at: Mapped[datetime]
     source: Mapped[str] = mapped_column(String(16), default=InstanceSource.RECEIVED)
     calling_ae: Mapped[str | None] = mapped_column(String(16))
+    # The job that produced this instance (the node's own results; None when received).
+    job_id: Mapped[int | None] = mapped_column(
+        Id, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    # A produced instance replaced by a newer job's result: hidden from queries, withdrawn.
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False)
 
     series: Mapped[Series] = relationship()
 
@@ -181,8 +186,14 @@ class Job(Base):
     study_id: Mapped[int] = mapped_column(
         Id, ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    # Runs started (the fencing token of claim/complete/fail).
     attempts: Mapped[int] = mapped_column(default=0)
+    # Runs that raised, bounded by max_attempts; runs whose worker died (lease expired,
+    # released at start), bounded by max_interruptions.
+    failures: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
+    interruptions: Mapped[int] = mapped_column(default=0)
+    max_interruptions: Mapped[int] = mapped_column(default=20)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

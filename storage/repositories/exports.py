@@ -80,6 +80,26 @@ class ExportRepository:
         self.session.execute(update(Export).where(Export.id == export_id).values(**values)
                              .execution_options(synchronize_session="fetch"))
 
+    def cancel_pending(self, instance_ids: Sequence[int], *, error: str) -> int:
+        """Give up the unsent exports of these instances (a superseded result is never
+        delivered); return how many."""
+        if not instance_ids:
+            return 0
+        changed = self.session.execute(
+            update(Export).where(Export.instance_id.in_(instance_ids),
+                                 Export.state == ExportState.PENDING)
+            .values(state=ExportState.FAILED, last_error=error[:_ERROR_WIDTH])
+            .execution_options(synchronize_session="fetch"))
+        return int(changed.rowcount)  # type: ignore[attr-defined]
+
+    def sent_destinations(self, instance_ids: Sequence[int]) -> set[str]:
+        """The destinations that received at least one of these instances."""
+        if not instance_ids:
+            return set()
+        return set(self.session.scalars(
+            select(Export.destination).where(Export.instance_id.in_(instance_ids),
+                                             Export.state == ExportState.SENT)))
+
     def pending_for_study(self, study_instance_uid: str) -> Sequence[Export]:
         """Exports of a study not yet sent (pending ones; failed ones are final)."""
         return self.session.scalars(

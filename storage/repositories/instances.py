@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from .._db import insert_ignore, lock_key, utcnow
@@ -56,10 +56,33 @@ class InstanceRepository:
                              Instance.instance_number.asc().nulls_last(), Instance.id)
         return self.session.scalars(stmt).all()
 
+    def current_results(self, study_instance_uid: str, *, except_job: int | None = None
+                        ) -> Sequence[Instance]:
+        """The study's produced instances not yet superseded (made by jobs other than
+        ``except_job``), oldest first."""
+        stmt = (select(Instance).join(Series, Instance.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id)
+                .where(Study.study_instance_uid == study_instance_uid,
+                       Instance.source == str(InstanceSource.PRODUCED),
+                       Instance.superseded.is_(False)))
+        if except_job is not None:
+            stmt = stmt.where(or_(Instance.job_id.is_(None), Instance.job_id != except_job))
+        return self.session.scalars(stmt.order_by(Instance.id)).all()
+
+    def supersede_results(self, study_instance_uid: str, *, except_job: int
+                          ) -> Sequence[Instance]:
+        """Mark the study's current results of other jobs superseded; return them."""
+        rows = self.current_results(study_instance_uid, except_job=except_job)
+        if rows:
+            self.session.execute(update(Instance).where(Instance.id.in_([r.id for r in rows]))
+                                 .values(superseded=True)
+                                 .execution_options(synchronize_session="fetch"))
+        return rows
+
     def record(self, meta: InstanceMeta, stored: StoredFile, *,
                source: InstanceSource | str = InstanceSource.RECEIVED,
                calling_ae: str | None = None, overwrite: bool = False,
-               now: datetime | None = None) -> StoreOutcome:
+               now: datetime | None = None, job_id: int | None = None) -> StoreOutcome:
         """Index a stored file, creating or updating its patient, study and series rows.
 
         A new instance (or an overwritten one, with ``overwrite``) adds to the study's
@@ -83,6 +106,7 @@ class InstanceRepository:
             view_position=meta.view_position, image_laterality=meta.image_laterality,
             photometric_interpretation=meta.photometric_interpretation, received_at=now,
             source=str(source), calling_ae=calling_ae[:16] if calling_ae else None,
+            job_id=job_id, superseded=False,
         )
         added = True
         if existing is None:
@@ -109,7 +133,8 @@ class InstanceRepository:
         patient_id = self._ensure(Patient, Patient.patient_id, meta.patient_id, dict(
             patient_name=meta.patient_name, birth_date=meta.patient_birth_date,
             sex=meta.patient_sex))
-        state = StudyState.RECEIVING if source is InstanceSource.RECEIVED else StudyState.SETTLED
+        reopens = source is InstanceSource.RECEIVED and not meta.node_result
+        state = StudyState.RECEIVING if reopens else StudyState.SETTLED
         study_id = self._ensure(Study, Study.study_instance_uid, meta.study_instance_uid, dict(
             patient_id=patient_id, study_date=meta.study_date, study_time=meta.study_time,
             accession_number=meta.accession_number, study_description=meta.study_description,
@@ -154,6 +179,6 @@ class InstanceRepository:
         for name in ("study_date", "study_time", "accession_number", "study_description"):
             if not getattr(study, name) and getattr(meta, name):
                 setattr(study, name, getattr(meta, name))
-        if source is InstanceSource.RECEIVED:
+        if source is InstanceSource.RECEIVED and not meta.node_result:
             study.last_received_at = max(study.last_received_at, now)
             study.state = str(StudyState.RECEIVING)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from .._db import utcnow
@@ -16,6 +16,11 @@ from ..schema import Job, JobState, Result, ResultState
 __all__ = ["JobRepository"]
 
 _ERROR_WIDTH = 4000
+
+
+def _too_many_interruptions() -> str:
+    return ("interrupted too many times: its worker died during every run (a view that "
+            "crashes or exhausts the worker?); see the worker logs, then `pacs-node rerun`")
 
 
 class JobRepository:
@@ -53,20 +58,23 @@ class JobRepository:
 
     def claim(self, job_id: int, *, lease_seconds: float, now: datetime | None = None
               ) -> Job | None:
-        """Take a job for running: ``queued`` (or ``running`` with an expired lease) becomes
-        ``running`` with ``attempts + 1`` and a lease until ``now + lease_seconds``.
+        """Take a job for running: ``queued`` (or ``running`` with an expired lease: its
+        worker died, which counts as an interruption, not a failure) becomes ``running``
+        with ``attempts + 1`` and a lease until ``now + lease_seconds``.
 
         Returns ``None`` when the job is gone, done, failed, superseded, held under a valid
-        lease, or out of attempts. The returned ``attempts`` is the fencing token to pass
-        to :meth:`complete` and :meth:`fail`.
+        lease, or out of failures or interruptions. The returned ``attempts`` is the
+        fencing token to pass to :meth:`renew_lease`, :meth:`complete` and :meth:`fail`.
         """
         now = now or utcnow()
+        expired = and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
         return self._update(
             job_id,
-            Job.attempts < Job.max_attempts,
-            or_(Job.state == JobState.QUEUED,
-                and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)),
+            Job.failures < Job.max_attempts,
+            Job.interruptions + case((expired, 1), else_=0) < Job.max_interruptions,
+            or_(Job.state == JobState.QUEUED, expired),
             state=JobState.RUNNING, attempts=Job.attempts + 1, started_at=now, updated_at=now,
+            interruptions=Job.interruptions + case((expired, 1), else_=0),
             lease_expires_at=now + timedelta(seconds=lease_seconds), finished_at=None)
 
     def renew_lease(self, job_id: int, *, lease_seconds: float, attempt: int,
@@ -124,8 +132,9 @@ class JobRepository:
 
     def fail(self, job_id: int, error: str, *, retry: bool, attempt: int | None = None,
              now: datetime | None = None) -> Job | None:
-        """Record a failed run. With ``retry`` and attempts left the job is ``queued``
-        again (enqueue it after the commit); otherwise it is ``failed`` for good.
+        """Record a run that raised: one more failure. With ``retry`` and failures left
+        (fewer than ``max_attempts``) the job is ``queued`` again (enqueue it after the
+        commit); otherwise it is ``failed`` for good.
 
         Returns the job, or ``None`` when it is no longer running under this attempt.
         """
@@ -134,55 +143,62 @@ class JobRepository:
         running = [Job.state == JobState.RUNNING, *fence]
         error = error[:_ERROR_WIDTH]
         if retry:
-            job = self._update(job_id, *running, Job.attempts < Job.max_attempts,
+            job = self._update(job_id, *running, Job.failures + 1 < Job.max_attempts,
                                state=JobState.QUEUED, last_error=error, updated_at=now,
-                               lease_expires_at=None, enqueued_at=now)
+                               failures=Job.failures + 1, lease_expires_at=None,
+                               enqueued_at=now)
             if job is not None:
                 return job
         return self._update(job_id, *running, state=JobState.FAILED, last_error=error,
-                            updated_at=now, finished_at=now, lease_expires_at=None)
+                            failures=Job.failures + 1, updated_at=now, finished_at=now,
+                            lease_expires_at=None)
 
     def stale(self, now: datetime, enqueue_timeout: float) -> Sequence[Job]:
         """Jobs that need a new wake-up message: ``queued`` ones not enqueued for
         ``enqueue_timeout`` seconds (or never), and ``running`` ones whose lease expired
-        with attempts left (see :meth:`expire_leases` for the others)."""
+        (their worker died) with interruptions left (see :meth:`expire_leases` for the
+        others)."""
         cutoff = now - timedelta(seconds=enqueue_timeout)
         return self.session.scalars(select(Job).where(or_(
             and_(Job.state == JobState.QUEUED,
                  or_(Job.enqueued_at.is_(None), Job.enqueued_at <= cutoff)),
             and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
-                 Job.attempts < Job.max_attempts),
+                 Job.interruptions + 1 < Job.max_interruptions),
         )).order_by(Job.id)).all()
 
     def expire_leases(self, now: datetime | None = None) -> int:
-        """Fail running jobs whose lease expired with no attempts left; return how many.
-
-        (Expired jobs with attempts left stay claimable: :meth:`claim` takes them.)
-        """
+        """Fail running jobs whose lease expired for the last allowed time (a job that kills
+        its worker every time); return how many. Expired jobs with interruptions left stay
+        claimable: :meth:`claim` takes them and counts the interruption."""
         now = now or utcnow()
         changed = self.session.execute(
             update(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
-                              Job.attempts >= Job.max_attempts)
-            .values(state=JobState.FAILED, last_error="lease expired on the last attempt",
-                    finished_at=now, updated_at=now, lease_expires_at=None)
+                              Job.interruptions + 1 >= Job.max_interruptions)
+            .values(state=JobState.FAILED, interruptions=Job.interruptions + 1,
+                    last_error=_too_many_interruptions(), finished_at=now, updated_at=now,
+                    lease_expires_at=None)
             .execution_options(synchronize_session="fetch"))
         return int(changed.rowcount)  # type: ignore[attr-defined]
 
     def release_running(self, now: datetime | None = None) -> list[int]:
         """Give back every ``running`` job at once (a node that is the only worker, at
-        start: whatever ran before died with the previous process). Jobs with attempts
-        left become ``queued`` (enqueued at ``now``: dispatch them after the commit) and
-        their ids are returned; the others become ``failed``."""
+        start: whatever ran before died with the previous process). Each counts one
+        interruption, not a failure: jobs with interruptions left become ``queued``
+        (enqueued at ``now``: dispatch them after the commit) and their ids are returned;
+        the others become ``failed``, saying so."""
         now = now or utcnow()
         self.session.execute(
-            update(Job).where(Job.state == JobState.RUNNING, Job.attempts >= Job.max_attempts)
-            .values(state=JobState.FAILED, last_error="interrupted on the last attempt",
-                    finished_at=now, updated_at=now, lease_expires_at=None)
+            update(Job).where(Job.state == JobState.RUNNING,
+                              Job.interruptions + 1 >= Job.max_interruptions)
+            .values(state=JobState.FAILED, interruptions=Job.interruptions + 1,
+                    last_error=_too_many_interruptions(), finished_at=now, updated_at=now,
+                    lease_expires_at=None)
             .execution_options(synchronize_session="fetch"))
         released = self.session.execute(
             update(Job).where(Job.state == JobState.RUNNING)
             .values(state=JobState.QUEUED, lease_expires_at=None, enqueued_at=now,
-                    updated_at=now, last_error="interrupted: released at start")
+                    interruptions=Job.interruptions + 1, updated_at=now,
+                    last_error="interrupted: released at start")
             .returning(Job.id)
             .execution_options(synchronize_session="fetch")).scalars().all()
         return sorted(released)

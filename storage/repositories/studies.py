@@ -66,7 +66,7 @@ class StudyRepository:
     def mark_settled_and_create_job(
         self, study: Study, *, now: datetime | None = None, stable_seconds: float = 0.0,
         model_name: str | None = None, model_version: str | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = 3, max_interruptions: int = 20,
     ) -> Job | None:
         """Mark ``study`` settled and create its queued job; supersede its earlier jobs.
 
@@ -77,8 +77,6 @@ class StudyRepository:
         new data arrived after them. The new job counts as enqueued at ``now``; enqueue it
         after the commit.
         """
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         now = now or utcnow()
         cutoff = now - timedelta(seconds=stable_seconds)
         changed = self.session.execute(
@@ -89,6 +87,24 @@ class StudyRepository:
             .execution_options(synchronize_session="fetch"))
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             return None
+        return self._new_job(study, now=now, enqueued_at=now, model_name=model_name,
+                             model_version=model_version, max_attempts=max_attempts,
+                             max_interruptions=max_interruptions)
+
+    def rerun(self, study: Study, *, now: datetime | None = None, max_attempts: int = 3,
+              max_interruptions: int = 20) -> Job:
+        """Queue a new job for a settled study (an operator's re-run), superseding its
+        earlier jobs. The job is not enqueued: the tracker's reconciler wakes a worker for
+        it within ``queue.reconcile_interval_seconds``, so this works from any process."""
+        return self._new_job(study, now=now or utcnow(), enqueued_at=None,
+                             max_attempts=max_attempts, max_interruptions=max_interruptions)
+
+    def _new_job(self, study: Study, *, now: datetime, enqueued_at: datetime | None,
+                 model_name: str | None = None, model_version: str | None = None,
+                 max_attempts: int, max_interruptions: int) -> Job:
+        if max_attempts < 1 or max_interruptions < 1:
+            raise ValueError(f"max_attempts and max_interruptions must be >= 1, got "
+                             f"{max_attempts}, {max_interruptions}")
         self.session.execute(
             update(Job).where(Job.study_id == study.id, Job.state != JobState.SUPERSEDED)
             .values(state=JobState.SUPERSEDED, updated_at=now, lease_expires_at=None)
@@ -97,8 +113,10 @@ class StudyRepository:
             update(Result).where(Result.study_id == study.id, Result.superseded.is_(False))
             .values(superseded=True).execution_options(synchronize_session="fetch"))
         self.session.refresh(study)
-        job = Job(study_id=study.id, state=JobState.QUEUED, attempts=0,
-                  max_attempts=max_attempts, created_at=now, updated_at=now, enqueued_at=now,
+        job = Job(study_id=study.id, state=JobState.QUEUED, attempts=0, failures=0,
+                  max_attempts=max_attempts, interruptions=0,
+                  max_interruptions=max_interruptions, created_at=now, updated_at=now,
+                  enqueued_at=enqueued_at,
                   instance_count_at_creation=study.instance_count, model_name=model_name,
                   model_version=model_version)
         self.session.add(job)

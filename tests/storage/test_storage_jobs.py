@@ -142,7 +142,8 @@ def test_expired_lease_is_reclaimed_and_fences_the_old_worker(
         assert jobs.claim(job_id, lease_seconds=60, now=at(109)) is None  # lease valid
         assert [j.id for j in jobs.stale(at(111), enqueue_timeout=600)] == [job_id]
         new = jobs.claim(job_id, lease_seconds=60, now=at(111))
-        assert new is not None and new.attempts == 2
+        # The first worker died: an interruption, not a failure.
+        assert new is not None and (new.attempts, new.failures, new.interruptions) == (2, 0, 1)
         assert jobs.complete(job_id, fracture_probability=0.1, positive=False,
                              aggregation="max", threshold=0.5, summary={}, attempt=1,
                              now=at(120)) is None
@@ -172,7 +173,8 @@ def test_fail_retries_until_attempts_run_out(received: sessionmaker[Session]) ->
             assert job is not None and job.state == JobState.QUEUED
         assert jobs.claim(job_id, lease_seconds=60, now=at(70)) is not None
         job = jobs.fail(job_id, "x" * 10_000, retry=True, attempt=3, now=at(71))
-        assert job is not None and job.state == JobState.FAILED and job.attempts == 3
+        assert job is not None and job.state == JobState.FAILED
+        assert (job.attempts, job.failures, job.interruptions) == (3, 3, 0)
         assert len(job.last_error or "") <= 4000
         assert jobs.claim(job_id, lease_seconds=60, now=at(80)) is None
         session.commit()
@@ -190,10 +192,36 @@ def test_stale_jobs_and_expired_leases(received: sessionmaker[Session]) -> None:
         assert claimed is not None
         assert jobs.stale(at(150), enqueue_timeout=60) == []
         assert [j.id for j in jobs.stale(at(152), enqueue_timeout=60)] == [b]
-        session.execute(Job.__table__.update().where(Job.id == b).values(attempts=3))
+        # One interruption short of the bound: still re-dispatched, not failed.
+        session.execute(Job.__table__.update().where(Job.id == b).values(interruptions=18))
+        assert [j.id for j in jobs.stale(at(152), enqueue_timeout=60)] == [b]
+        assert jobs.expire_leases(at(152)) == 0
+        session.execute(Job.__table__.update().where(Job.id == b).values(interruptions=19))
         assert jobs.stale(at(152), enqueue_timeout=60) == []
         assert jobs.expire_leases(at(152)) == 1
-        assert jobs.require(b).state == JobState.FAILED
+        session.expire_all()
+        failed = jobs.require(b)
+        assert (failed.state, failed.interruptions) == (JobState.FAILED, 20)
+        assert "interrupted too many times" in (failed.last_error or "")
+        session.commit()
+
+
+def test_interruptions_do_not_spend_attempts(received: sessionmaker[Session]) -> None:
+    """A worker killed mid-job five times (more than max_attempts) leaves a job that still
+    runs and completes; only runs that raised count against max_attempts."""
+    job_id = _settle(received, 40)[0]
+    with received() as session:
+        jobs = JobRepository(session)
+        now = 50
+        for _ in range(5):
+            assert jobs.claim(job_id, lease_seconds=30, now=at(now)) is not None
+            now += 31  # the worker dies; its lease lapses
+        job = jobs.claim(job_id, lease_seconds=30, now=at(now))
+        assert job is not None
+        assert (job.attempts, job.failures, job.interruptions) == (6, 0, 5)
+        assert jobs.complete(job_id, fracture_probability=0.2, positive=False,
+                             aggregation="max", threshold=0.5, summary={},
+                             attempt=6, now=at(now + 1)) is not None
         session.commit()
 
 
@@ -203,10 +231,14 @@ def test_release_running_at_start(received: sessionmaker[Session]) -> None:
         jobs = JobRepository(session)
         jobs.claim(a, lease_seconds=600, now=at(61))
         jobs.claim(b, lease_seconds=600, now=at(61))
-        session.execute(Job.__table__.update().where(Job.id == b).values(attempts=3))
+        session.execute(Job.__table__.update().where(Job.id == b).values(interruptions=19))
         assert jobs.release_running(now=at(70)) == [a]
-        assert (jobs.require(a).state, jobs.require(a).enqueued_at) == (JobState.QUEUED, at(70))
+        session.expire_all()
+        released = jobs.require(a)
+        assert (released.state, released.enqueued_at) == (JobState.QUEUED, at(70))
+        assert (released.failures, released.interruptions) == (0, 1)
         assert jobs.require(b).state == JobState.FAILED
+        assert "interrupted too many times" in (jobs.require(b).last_error or "")
         assert jobs.claim(a, lease_seconds=600, now=at(71)) is not None
         session.commit()
 

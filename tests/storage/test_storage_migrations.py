@@ -138,10 +138,14 @@ def test_result_states_migration_keeps_old_results_and_allows_not_analysed(
         empty_engine: Engine, tmp_path: Path) -> None:
     migrate(empty_engine, "0001")
     now = datetime(2026, 11, 1, tzinfo=UTC)
-    ingest(FileStore(tmp_path / "s"), session_factory(empty_engine), content("x"), meta(),
-           now=now)
-    with empty_engine.begin() as conn:
-        conn.execute(text("UPDATE studies SET id = 1"))
+    with empty_engine.begin() as conn:  # the rows of one received study, as 0001 holds them
+        conn.execute(text("INSERT INTO patients (id, patient_id, patient_name, birth_date, "
+                          "sex) VALUES (1, 'P1', '', '', '')"))
+        conn.execute(text(
+            "INSERT INTO studies (id, study_instance_uid, patient_id, study_date, study_time, "
+            "accession_number, study_description, modalities_in_study, instance_count, "
+            "first_received_at, last_received_at, state) VALUES (1, '1.2.3', 1, '', '', '', "
+            "'', 'CR', 1, :t, :t, 'settled')"), {"t": now})
         conn.execute(text(
             "INSERT INTO jobs (id, study_id, state, attempts, max_attempts, created_at, "
             "updated_at, instance_count_at_creation) VALUES (1, 1, 'done', 1, 3, :t, :t, 1)"),
@@ -157,7 +161,8 @@ def test_result_states_migration_keeps_old_results_and_allows_not_analysed(
         assert tuple(old) == ("analysed", None, 0.8)
         conn.execute(text(
             "INSERT INTO jobs (id, study_id, state, attempts, max_attempts, created_at, "
-            "updated_at, instance_count_at_creation) VALUES (2, 1, 'done', 1, 3, :t, :t, 1)"),
+            "updated_at, instance_count_at_creation, failures, interruptions, "
+            "max_interruptions) VALUES (2, 1, 'done', 1, 3, :t, :t, 1, 0, 0, 20)"),
             {"t": now})
         conn.execute(text(
             "INSERT INTO results (id, job_id, study_id, state, reason, views_analysed, "
@@ -167,3 +172,10 @@ def test_result_states_migration_keeps_old_results_and_allows_not_analysed(
     with pytest.raises(Exception, match="(?i)check|constraint"), empty_engine.begin() as conn:
         conn.execute(text(
             "UPDATE results SET state = 'maybe' WHERE id = 2"))
+    with empty_engine.begin() as conn:
+        # 0003: failures and interruptions counted apart; an old job has neither.
+        counts = conn.execute(text("SELECT failures, interruptions, max_interruptions "
+                                   "FROM jobs WHERE id = 1")).one()
+        assert tuple(counts) == (0, 0, 20)
+        # Altering the parent tables (jobs, instances) kept their children.
+        assert conn.execute(text("SELECT count(*) FROM results")).scalar_one() == 2
