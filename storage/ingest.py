@@ -87,7 +87,7 @@ def _equivalent_sha256(store: FileStore, sessions: sessionmaker[Session], meta: 
         path = store.path_of(relpath)
     except StorageError:
         return None
-    return sha256 if same_content(path, staged.path) else None
+    return sha256 if same_content(path, staged.temp_path) else None
 
 
 def index_staged(session: Session, store: FileStore, staged: StagedFile, meta: InstanceMeta, *,

@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,16 +20,20 @@ from storage import (
     Instance,
     InstanceMeta,
     InstanceRepository,
+    InstanceSource,
     InvalidUID,
     Patient,
     Series,
     StoreOutcome,
     Study,
+    StudyRepository,
     StudyState,
     ingest,
 )
 
 from .storage_helpers import at, content, encoded_instance, meta, uid
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def _files(store: FileStore) -> list[Path]:
@@ -229,3 +237,82 @@ def test_no_patient_data_in_logs(store: FileStore, sessions: sessionmaker[Sessio
     for secret in ("Secret", "SECRET-ID-42", "19111111"):
         assert secret not in caplog.text  # ... its parameters were not
         assert secret not in repr(m)
+
+
+def _image(m: InstanceMeta, *, syntax: str = ExplicitVRLittleEndian, seed: int = 0,
+           manufacturer: str = "") -> bytes:
+    """A real 64 x 64 16-bit image carrying ``m``'s attributes, in ``syntax``."""
+    ds = dcmread(BytesIO(encoded_instance(m)))
+    ds.SamplesPerPixel = 1
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.Rows = ds.Columns = 64
+    if manufacturer:
+        ds.Manufacturer = manufacturer
+    pixels = np.random.default_rng(seed).integers(0, 4096, (64, 64), dtype=np.uint16)
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW"
+    if syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax, pixels)
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _study_state(sessions: sessionmaker[Session], study_uid: str) -> str:
+    with sessions() as session:
+        study = StudyRepository(session).get(study_uid)
+        assert study is not None
+        return study.state
+
+
+def test_the_same_image_in_another_transfer_syntax_is_a_duplicate(
+        store: FileStore, sessions: sessionmaker[Session]) -> None:
+    """An archive forwarding its lossless copy of an image the modality sent uncompressed:
+    Success, nothing re-opened, the first copy kept; other pixels stay a conflict."""
+    m = meta()
+    assert ingest(store, sessions, _image(m), m, now=at(0)) is StoreOutcome.STORED
+    with sessions() as session:
+        StudyRepository(session).mark_settled_and_create_job(
+            StudyRepository(session).get(m.study_instance_uid), now=at(60))  # type: ignore[arg-type]
+        session.commit()
+    rle = _image(m, syntax=RLELossless)
+    assert ingest(store, sessions, rle, m, now=at(70),
+                  overwrite_conflicts=True) is StoreOutcome.DUPLICATE_IDENTICAL
+    assert _study_state(sessions, m.study_instance_uid) == StudyState.SETTLED
+    with sessions() as session:
+        row = InstanceRepository(session).get(m.sop_instance_uid)
+        assert row is not None and row.transfer_syntax_uid == ExplicitVRLittleEndian
+    other = _image(m, syntax=RLELossless, seed=1)
+    assert ingest(store, sessions, other, m,
+                  now=at(80)) is StoreOutcome.DUPLICATE_CONFLICT_KEPT
+
+
+def test_the_nodes_own_results_never_reopen_a_study(store: FileStore,
+                                                     sessions: sessionmaker[Session]) -> None:
+    """A PACS that forwards whole studies sends the node's results back: they are kept as
+    they are and the study stays settled, with overwrite on or off."""
+    image = meta()
+    ingest(store, sessions, _image(image), image, now=at(0))
+    with sessions() as session:
+        StudyRepository(session).mark_settled_and_create_job(
+            StudyRepository(session).get(image.study_instance_uid), now=at(60))  # type: ignore[arg-type]
+        session.commit()
+    result = meta(series=9002, sop=1, sop_class_uid=SECONDARY_CAPTURE, modality="OT")
+    ingest(store, sessions, _image(result, manufacturer="pacs-node"), result,
+           source=InstanceSource.PRODUCED, now=at(61))
+    for overwrite in (False, True):
+        back = _image(result, syntax=RLELossless, seed=5, manufacturer="pacs-node")
+        assert ingest(store, sessions, back, result, overwrite_conflicts=overwrite,
+                      now=at(90)) is StoreOutcome.OWN_RESULT
+    assert _study_state(sessions, image.study_instance_uid) == StudyState.SETTLED
+    # A result of this or another node the index does not know is stored, re-opening nothing.
+    foreign = InstanceMeta.read(_image(meta(series=9003, sop=1, sop_class_uid=SECONDARY_CAPTURE),
+                                       manufacturer="pacs-node"))
+    assert foreign.node_result
+    assert ingest(store, sessions, _image(meta(series=9003, sop=1,
+                                               sop_class_uid=SECONDARY_CAPTURE),
+                                          manufacturer="pacs-node"), foreign,
+                  now=at(95)) is StoreOutcome.STORED
+    assert _study_state(sessions, image.study_instance_uid) == StudyState.SETTLED
