@@ -254,7 +254,7 @@ def _image(m: InstanceMeta, *, syntax: str = ExplicitVRLittleEndian, seed: int =
     ds.PixelData = pixels.tobytes()
     ds["PixelData"].VR = "OW"
     if syntax != ExplicitVRLittleEndian:
-        ds.compress(syntax, pixels)
+        ds.compress(syntax, pixels, generate_instance_uid=False)
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
