@@ -7,6 +7,7 @@ at start with :class:`ConfigError`, whose message names the offending key.
 
 from __future__ import annotations
 
+import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
@@ -16,8 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -35,6 +38,7 @@ __all__ = [
     "load_settings",
 ]
 
+_ENV_PREFIX = "PACS_NODE__"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("_CONFIG_FILE", default=None)
 
@@ -80,10 +84,17 @@ class StorageSettings(_Section):
 
 class QueueSettings(_Section):
     broker_url: str = "memory://"  # embedded: the serve process runs the jobs itself
+    # Runs of a job that may raise before the study is failed (an interruption, a worker
+    # that died, does not count: see max_interruptions).
     max_attempts: int = Field(3, ge=1, le=50)
-    lease_seconds: float = Field(600.0, gt=0)
+    # Runs of a job whose worker died (killed, out of memory, node restarted) before the
+    # study is failed as "interrupted too many times".
+    max_interruptions: int = Field(20, ge=1, le=1000)
+    # A running job renews its lease every lease_seconds / 3 (a heartbeat); a dead
+    # worker's job is re-dispatched by the reconciler once the lease has expired.
+    lease_seconds: float = Field(30.0, ge=3)
     enqueue_timeout_seconds: float = Field(120.0, gt=0)
-    reconcile_interval_seconds: float = Field(10.0, gt=0)
+    reconcile_interval_seconds: float = Field(5.0, gt=0)
 
 
 class StudySettings(_Section):
@@ -116,6 +127,10 @@ class Destination(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    # How a superseded result is withdrawn there: "iocm" sends an IHE IOCM rejection note
+    # (Key Object Selection, "Rejected for Quality Reasons") naming the old SR and
+    # overlays; "none" relies on the new SR's Predecessor Documents Sequence alone.
+    withdraw: Literal["none", "iocm"] = "none"
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -131,7 +146,7 @@ class Settings(BaseSettings):
     """The whole configuration of a node."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PACS_NODE__", env_nested_delimiter="__", extra="forbid"
+        env_prefix=_ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
     node: NodeSettings = Field(default_factory=NodeSettings)
@@ -158,12 +173,61 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _env_variable(path: tuple[int | str, ...]) -> str | None:
+    """The ``PACS_NODE__...`` variable whose name is the longest prefix of ``path``."""
+    names = {name.upper(): name for name in os.environ}
+    keys: list[str] = []
+    for part in path:
+        if not isinstance(part, str):
+            break
+        keys.append(part.upper())
+    for end in range(len(keys), 0, -1):
+        name = names.get(_ENV_PREFIX + "__".join(keys[:end]))
+        if name is not None:
+            return name
+    return None
+
+
+def _from_env(loc: tuple[int | str, ...], env_values: dict[str, Any]) -> str | None:
+    """The environment variable that gave the value at ``loc``; None when the file did.
+
+    Sections given by both are merged key by key; a list comes whole from one source.
+    """
+    value: Any = env_values
+    in_list = False
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value, in_list = value[part], True
+        elif not in_list:  # e.g. a key missing from a section the file also gives
+            return None
+        else:
+            break
+    return _env_variable(loc)
+
+
 def _describe(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    env_values = EnvSettingsSource(Settings)()
+    lines = ["invalid configuration:"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {key}: {err['msg']}")
+        variable = _from_env(err["loc"], env_values)
+        where = f"environment variable {variable}" if variable else f"in {source}"
+        lines.append(f"  {key}: {err['msg']} ({where})")
     return "\n".join(lines)
+
+
+def _check_env_names() -> None:
+    """Refuse ``PACS_NODE__`` variables that name no section (they would be ignored)."""
+    sections = set(Settings.model_fields)
+    unknown = sorted(name for name in os.environ if name.upper().startswith(_ENV_PREFIX)
+                     and name[len(_ENV_PREFIX):].split("__")[0].lower() not in sections)
+    if unknown:
+        raise ConfigError(
+            f"unknown configuration key in environment variable {', '.join(unknown)}: "
+            f"the sections are {', '.join(Settings.model_fields)} "
+            f"({_ENV_PREFIX}SECTION__KEY)")
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
@@ -171,6 +235,10 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
 
     Relative storage paths are resolved against the current directory at start, so a node
     keeps using the same folders whatever it does later.
+
+    Raises:
+        ConfigError: naming each bad key and where it came from, the file or a
+            ``PACS_NODE__...`` environment variable (one that names no section included).
     """
     source = str(path) if path is not None else "defaults"
     file = Path(path) if path is not None else None
@@ -183,11 +251,19 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"{file} is not valid YAML: {exc}") from None
         if content is not None and not isinstance(content, dict):
             raise ConfigError(f"{file}: the top level must be a mapping of sections")
+    _check_env_names()
     token = _CONFIG_FILE.set(file)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    except SettingsError as exc:  # a list or object in the environment that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        prefix = _ENV_PREFIX + field.group(1).upper() if field else _ENV_PREFIX
+        names = [name for name in sorted(os.environ) if name.upper().startswith(prefix)]
+        raise ConfigError(f"invalid configuration in environment variable "
+                          f"{', '.join(names) or prefix}: {exc} "
+                          "(lists and objects are written as JSON)") from None
     finally:
         _CONFIG_FILE.reset(token)
     settings.storage.root = settings.storage.root.expanduser().resolve()

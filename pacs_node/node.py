@@ -70,6 +70,8 @@ def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], Study
             max_findings=settings.pipeline.max_findings,
             allow_uncalibrated=settings.pipeline.allow_uncalibrated,
             destinations=tuple(d.name for d in settings.destinations),
+            withdraw_destinations=tuple(d.name for d in settings.destinations
+                                        if d.withdraw == "iocm"),
             lease_seconds=settings.queue.lease_seconds,
         )
         return StudyPipeline(storage.store, storage.sessions, options, ModelCache())
@@ -124,7 +126,7 @@ class Node:
             self.dispatcher = CeleryDispatcher(app)
         self.tracker = StudyTracker(
             storage.sessions, self.dispatcher, stable_seconds=s.study.stable_seconds,
-            max_attempts=s.queue.max_attempts,
+            max_attempts=s.queue.max_attempts, max_interruptions=s.queue.max_interruptions,
             enqueue_timeout=s.queue.enqueue_timeout_seconds,
             reconcile_interval=s.queue.reconcile_interval_seconds)
         if self.embedded:

@@ -32,12 +32,13 @@ class StudyTracker:
     """A background thread: settle studies, create and dispatch jobs, reconcile."""
 
     def __init__(self, sessions: sessionmaker[Session], dispatcher: Dispatcher, *,
-                 stable_seconds: float, max_attempts: int = 3,
+                 stable_seconds: float, max_attempts: int = 3, max_interruptions: int = 20,
                  enqueue_timeout: float = 120.0, reconcile_interval: float = 10.0) -> None:
         self.sessions = sessions
         self.dispatcher = dispatcher
         self.stable_seconds = stable_seconds
         self.max_attempts = max_attempts
+        self.max_interruptions = max_interruptions
         self.enqueue_timeout = enqueue_timeout
         self.reconcile_interval = reconcile_interval
         self._wake = threading.Event()
@@ -66,7 +67,8 @@ class StudyTracker:
             created = []
             for study in studies.settled(utcnow(), self.stable_seconds):
                 job = studies.mark_settled_and_create_job(
-                    study, stable_seconds=self.stable_seconds, max_attempts=self.max_attempts)
+                    study, stable_seconds=self.stable_seconds, max_attempts=self.max_attempts,
+                    max_interruptions=self.max_interruptions)
                 if job is not None:
                     created.append(job.id)
             return created

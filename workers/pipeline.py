@@ -1,10 +1,16 @@
 """The study pipeline: one job in, a study result plus DICOM results stored and queued out.
 
 ``StudyPipeline.run(job_id)`` claims the job (a conditional update: a second worker or a
-duplicate wake-up message gets nothing), selects and routes the study's views, preprocesses
-and infers through the model registry, aggregates per anatomic site then per study
-(seed 004 §6.2.2), writes an SR and one Secondary Capture per processed view, stores them
-as ``produced`` instances, and in one transaction completes the job and queues the exports.
+duplicate wake-up message gets nothing) and renews its short lease by heartbeat while it
+runs (a dead worker's job is re-dispatched once the lease lapses), selects and routes the
+study's views, preprocesses and infers through the model registry, aggregates per anatomic
+site then per study (seed 004 §6.2.2), and writes an SR (naming the SR it replaces in its
+Predecessor Documents Sequence) and one Secondary Capture per processed view. The files
+are staged first; then one transaction completes the job, indexes the results as
+``produced`` instances of the job, marks the study's earlier results superseded (hidden from
+queries, their unsent exports cancelled), and queues the exports, plus an IHE IOCM
+rejection note for destinations with ``withdraw: iocm`` that received the earlier ones. A
+job superseded while it ran therefore leaves nothing behind: one current result per study.
 
 A view is analysed only when it is inside a model's scope (:mod:`workers.routing`) and
 passes the model's domain check (:mod:`models.domain`); every other view is "not analysed"
@@ -41,8 +47,9 @@ from storage import (
     InstanceSource,
     JobRepository,
     JobState,
+    StagedFile,
     StudyRepository,
-    ingest,
+    index_staged,
     run_write,
 )
 
@@ -51,6 +58,7 @@ from .results import (
     SkippedView,
     StudyResult,
     ViewResult,
+    build_rejection_note,
     build_secondary_captures,
     build_sr,
 )
@@ -78,7 +86,9 @@ class PipelineOptions:
     threshold: float = 0.5
     max_findings: int = 3  # candidate regions reported per positive view, best first
     destinations: tuple[str, ...] = ()
-    lease_seconds: float = 600.0
+    # Destinations that get an IOCM rejection note for a superseded result they received.
+    withdraw_destinations: tuple[str, ...] = ()
+    lease_seconds: float = 30.0
     batch_size: int = 8
     # A model without domain calibration is refused ("not analysable") unless this is set;
     # then every view counts as inside its domain (pipeline.allow_uncalibrated).
@@ -136,6 +146,47 @@ class _Stored:
     produced: bool
 
 
+_SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+_KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+class _Heartbeat:
+    """Renews a running job's lease every ``lease_seconds / 3`` until stopped, so a live
+    worker keeps its job and a dead one's lease lapses within ``lease_seconds``."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: int, attempt: int,
+                 lease_seconds: float) -> None:
+        self._sessions = sessions
+        self._job_id = job_id
+        self._attempt = attempt
+        self._lease = lease_seconds
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._loop, name=f"pacs-node-lease-{job_id}",
+                                        daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            try:
+                renewed = run_write(self._sessions, lambda s: JobRepository(s).renew_lease(
+                    self._job_id, lease_seconds=self._lease, attempt=self._attempt))
+            except Exception:  # noqa: BLE001 - the next beat retries; the lease is long enough
+                log.warning("job %s: lease renewal failed", self._job_id, exc_info=True)
+                continue
+            if not renewed:
+                # Superseded or taken over: the completion's fence will discard this run.
+                self.lost = True
+                return
+
+
 @dataclass
 class _Group:
     route: RouteLike
@@ -170,7 +221,8 @@ class StudyPipeline:
             return "skipped"
         attempt, study_uid = claimed
         try:
-            return self._process(job_id, attempt, study_uid)
+            with _Heartbeat(self.sessions, job_id, attempt, self.options.lease_seconds):
+                return self._process(job_id, attempt, study_uid)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
             message = f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed on attempt %s", job_id, attempt)
@@ -238,8 +290,28 @@ class StudyPipeline:
             group.views.append((view, ds, prepared))
         return groups, skipped
 
+    def _previous_results(self, study_uid: str, job_id: int) -> list[pydicom.Dataset]:
+        """Headers of the study's current results made by earlier jobs (SR, overlays; not
+        earlier rejection notes): what this job's result replaces."""
+        with self.sessions() as session:
+            rows = [(i.relpath, i.sop_class_uid) for i in InstanceRepository(session)
+                    .current_results(study_uid, except_job=job_id)]
+        headers = []
+        for relpath, sop_class in rows:
+            if sop_class == _KOS_CLASS:
+                continue
+            try:
+                headers.append(pydicom.dcmread(self.store.path_of(relpath),
+                                               stop_before_pixels=True))
+            except Exception as exc:  # noqa: BLE001 - a lost file cannot be named; go on
+                log.warning("job %s: earlier result %s unreadable (%s)", job_id, relpath,
+                            type(exc).__name__)
+        return headers
+
     def _process(self, job_id: int, attempt: int, study_uid: str) -> str:
         groups, skipped = self._select(self._stored_instances(study_uid))
+        previous = self._previous_results(study_uid, job_id)
+        previous_srs = [ds for ds in previous if str(ds.SOPClassUID) == _SR_CLASS]
         outputs: list[pydicom.Dataset] = []
         studies: list[tuple[str, StudyResult]] = []
         for index, (ref, group) in enumerate(sorted(groups.items())):
@@ -250,20 +322,37 @@ class StudyPipeline:
             algorithm = AlgorithmInfo.from_model(model)
             job_key = f"pacs-node:{study_uid}:job-{job_id}:{index}"
             outputs.append(build_sr(result, algorithm, job_key=job_key,
-                                    series_number=9001 + 2 * index))
+                                    series_number=9001 + 2 * index,
+                                    previous_versions=previous_srs))
             outputs.extend(build_secondary_captures(result, algorithm, job_key=job_key,
                                                     series_number=9002 + 2 * index))
             studies.append((f"{model.metadata.name} {model.metadata.version}", result))
+        rejection = None
+        if previous and self.options.withdraw_destinations:
+            rejection = build_rejection_note(
+                previous, job_key=f"pacs-node:{study_uid}:job-{job_id}")
 
-        produced: list[str] = []
-        for ds in outputs:
-            data = _to_bytes(ds)
-            meta = InstanceMeta.read(data)
-            # A retried job rebuilds the same UIDs; its newer copy replaces the older one.
-            ingest(self.store, self.sessions, data, meta, overwrite_conflicts=True,
-                   source=InstanceSource.PRODUCED)
-            produced.append(meta.sop_instance_uid)
+        staged: list[tuple[InstanceMeta, StagedFile]] = []
+        try:
+            for ds in [*outputs, *([rejection] if rejection is not None else [])]:
+                data = _to_bytes(ds)
+                meta = InstanceMeta.read(data)
+                staged.append((meta, self.store.stage(
+                    meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid,
+                    data)))
+            return self._complete(job_id, attempt, studies, skipped, staged,
+                                  with_rejection=rejection is not None)
+        finally:
+            for _, file in staged:
+                self.store.discard(file)
 
+    def _complete(self, job_id: int, attempt: int, studies: list[tuple[str, StudyResult]],
+                  skipped: list[SkippedView], staged: list[tuple[InstanceMeta, StagedFile]],
+                  *, with_rejection: bool) -> str:
+        """One transaction: complete the job, index its results, supersede the earlier
+        ones, queue the exports. Nothing is indexed when the job was superseded."""
+        results = staged[:-1] if with_rejection else staged
+        produced = [meta.sop_instance_uid for meta, _ in results]
         summary = self._summary(studies, skipped, produced)
         analysed = [r for _, r in studies if r.analysed]
         best = max(analysed, key=lambda r: r.fracture_probability or 0.0, default=None)
@@ -280,8 +369,9 @@ class StudyPipeline:
         else:
             reason = None
         summary["reason"] = reason
+        destinations = self.options.destinations
 
-        def complete(session: Session) -> bool:
+        def complete(session: Session) -> int | None:
             result = JobRepository(session).complete(
                 job_id, attempt=attempt,
                 fracture_probability=best.fracture_probability if best else None,
@@ -290,22 +380,41 @@ class StudyPipeline:
                 threshold=self.options.threshold, summary=summary, reason=reason,
                 views_analysed=views_analysed, views_total=views_total)
             if result is None:
-                return False
+                return None
             instances = InstanceRepository(session)
             exports = ExportRepository(session)
-            for sop_uid in produced:
-                row = instances.get(sop_uid)
-                if row is not None and self.options.destinations:
-                    exports.add(row.id, self.options.destinations)
+            study = StudyRepository(session).get_by_id(result.study_id)
+            assert study is not None
+            old = instances.supersede_results(study.study_instance_uid, except_job=job_id)
+            exports.cancel_pending([i.id for i in old],
+                                   error=f"superseded by the result of job {job_id}")
+            for meta, file in results:
+                index_staged(session, self.store, file, meta, overwrite=True,
+                             source=InstanceSource.PRODUCED, job_id=job_id)
+                row = instances.get(meta.sop_instance_uid)
+                if row is not None and destinations:
+                    exports.add(row.id, destinations)
+            if with_rejection:
+                # Only where the superseded results went: elsewhere there is nothing to hide.
+                sent = exports.sent_destinations([i.id for i in old])
+                targets = [d for d in self.options.withdraw_destinations if d in sent]
+                if targets:
+                    meta, file = staged[-1]
+                    index_staged(session, self.store, file, meta, overwrite=True,
+                                 source=InstanceSource.PRODUCED, job_id=job_id)
+                    row = instances.get(meta.sop_instance_uid)
+                    if row is not None:
+                        exports.add(row.id, targets)
             StudyRepository(session).set_priority(result.study_id,
                                                   best.fracture_probability if best else None)
-            return True
+            return len(old)
 
-        if not run_write(self.sessions, complete):
-            log.info("job %s was superseded while running; its results are not sent", job_id)
+        superseded = run_write(self.sessions, complete)
+        if superseded is None:
+            log.info("job %s was superseded while running; its results are discarded", job_id)
             return "discarded"
-        log.info("job %s done: %d of %d views analysed, %d objects", job_id, views_analysed,
-                 views_total, len(produced))
+        log.info("job %s done: %d of %d views analysed, %d objects, %d earlier results "
+                 "superseded", job_id, views_analysed, views_total, len(produced), superseded)
         return "done"
 
     def _study_result(self, model: FractureModel, group: _Group,

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from ..schema import Instance, Patient, Series, Study
@@ -139,19 +139,36 @@ class QueryRepository:
     separated by ``\\``. Keys with no matching support (return keys such as
     ``NumberOfStudyRelatedInstances``) are ignored.
 
+    Results a newer job superseded (``Instance.superseded``) are left out, and so are
+    series holding nothing else, unless ``history=True``: one current result per study.
+
     Raises:
         InvalidQuery: a date, time, UID or number value that cannot be matched.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, history: bool = False) -> None:
         self.session = session
+        self.history = history
+
+    def _current(self) -> ColumnElement[bool]:
+        return Instance.superseded.is_(False) if not self.history else true()
+
+    def _series_shown(self) -> ColumnElement[bool]:
+        """A series is shown unless every instance in it was superseded."""
+        if self.history:
+            return true()
+        return or_(exists().where(Instance.series_id == Series.id,
+                                  Instance.superseded.is_(False)),
+                   ~exists().where(Instance.series_id == Series.id))
 
     def find_studies(self, filters: Filters, *, limit: int | None = None) -> list[StudyMatch]:
-        n_series = (select(func.count(Series.id)).where(Series.study_id == Study.id)
+        n_series = (select(func.count(Series.id))
+                    .where(Series.study_id == Study.id, self._series_shown())
                     .correlate(Study).scalar_subquery())
         n_instances = (select(func.count(Instance.id))
                        .join(Series, Instance.series_id == Series.id)
-                       .where(Series.study_id == Study.id).correlate(Study).scalar_subquery())
+                       .where(Series.study_id == Study.id, self._current())
+                       .correlate(Study).scalar_subquery())
         stmt: AnySelect = (select(Patient.patient_name, Patient.patient_id, Patient.birth_date,
                        Patient.sex, Study.study_instance_uid, Study.study_date,
                        Study.study_time, Study.accession_number, Study.study_description,
@@ -164,13 +181,15 @@ class QueryRepository:
         return [StudyMatch(*row) for row in self.session.execute(stmt)]
 
     def find_series(self, filters: Filters, *, limit: int | None = None) -> list[SeriesMatch]:
-        n_instances = (select(func.count(Instance.id)).where(Instance.series_id == Series.id)
+        n_instances = (select(func.count(Instance.id))
+                       .where(Instance.series_id == Series.id, self._current())
                        .correlate(Series).scalar_subquery())
         stmt: AnySelect = (select(Study.study_instance_uid, Series.series_instance_uid,
                                     Series.modality,
                        Series.series_number, Series.series_description,
                        Series.body_part_examined, Series.laterality, n_instances)
-                .join(Study, Series.study_id == Study.id))
+                .join(Study, Series.study_id == Study.id)
+                .where(self._series_shown()))
         stmt = _where(stmt, filters, _SERIES_KEYS)
         stmt = stmt.order_by(Study.id, Series.series_number.asc().nulls_last(), Series.id)
         if limit is not None:
@@ -184,7 +203,8 @@ class QueryRepository:
                        Instance.instance_number, Instance.rows, Instance.columns,
                        Instance.relpath, Instance.transfer_syntax_uid)
                 .join(Series, Instance.series_id == Series.id)
-                .join(Study, Series.study_id == Study.id))
+                .join(Study, Series.study_id == Study.id)
+                .where(self._current()))
         stmt = _where(stmt, filters, _INSTANCE_KEYS)
         stmt = stmt.order_by(Series.id, Instance.instance_number.asc().nulls_last(),
                              Instance.id)

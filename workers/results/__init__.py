@@ -6,6 +6,7 @@ objects again. Codes used are listed in :mod:`workers.results._codes`.
 """
 
 from .overlay import display_image, render_overlay, resize_view
+from .rejection import REJECTED_FOR_QUALITY_REASONS, build_rejection_note
 from .sc import banner_lines, build_secondary_captures, study_verdict
 from .sr import box_polyline, build_sr, machine_generated_statement, scoord_point
 from .types import AlgorithmInfo, SkippedView, StudyResult, ViewResult
@@ -13,6 +14,7 @@ from .uids import IMPLEMENTATION_CLASS_UID, algorithm_device_uid, result_uid
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
+    "REJECTED_FOR_QUALITY_REASONS",
     "AlgorithmInfo",
     "SkippedView",
     "StudyResult",
@@ -20,6 +22,7 @@ __all__ = [
     "algorithm_device_uid",
     "banner_lines",
     "box_polyline",
+    "build_rejection_note",
     "build_secondary_captures",
     "build_sr",
     "display_image",
