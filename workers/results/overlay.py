@@ -15,7 +15,8 @@ import pydicom
 from models.preprocess import apply_window, pixels_from_dataset, to_bone_bright
 from models.registry import Finding
 
-__all__ = ["BANNER_TEXT", "BANNER_WARN", "display_image", "render_overlay", "resize_view"]
+__all__ = ["BANNER_TEXT", "BANNER_WARN", "LABEL_BACKGROUND", "display_image", "render_overlay",
+           "resize_view"]
 
 RGB = tuple[int, int, int]
 
@@ -25,6 +26,8 @@ BANNER_WARN: RGB = (255, 214, 0)
 _BANNER_BACKGROUND: RGB = (24, 24, 24)
 _BOX: RGB = (255, 255, 255)
 _OUTLINE: RGB = (0, 0, 0)
+#: Behind a score label: dark, slightly blue, so the label reads on white and on the heatmap.
+LABEL_BACKGROUND: RGB = (16, 20, 40)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 #: Heatmap values below this stay grey; above it the colour's opacity grows with the value.
@@ -96,11 +99,32 @@ def _blend_heatmap(display: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     return np.rint(gray * (1.0 - alpha) + colour * alpha).astype(np.uint8)
 
 
-def _draw_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, thickness: int,
-               colour: RGB) -> None:
-    # A dark outline first keeps the text legible on any background.
-    cv2.putText(img, text, org, _FONT, scale, _OUTLINE, thickness + 2, cv2.LINE_AA)
-    cv2.putText(img, text, org, _FONT, scale, colour, thickness, cv2.LINE_AA)
+def _draw_label(img: np.ndarray, text: str, anchor: tuple[int, int], fallback_top: int,
+                scale: float) -> None:
+    """Draw ``text`` in light letters on a filled dark rectangle, whole, inside ``img``.
+
+    The rectangle's bottom-left corner goes at ``anchor``; when that is too close to the top
+    edge, its top goes at ``fallback_top`` instead (inside the box, below the marker), and it
+    shifts left, right, up as needed to lie inside the image. The font shrinks when the
+    image is smaller than the label.
+    """
+    h, w = img.shape[:2]
+    while True:
+        thickness = max(1, round(scale * 1.5))
+        (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness)
+        pad = max(2, thickness + 1)
+        rw, rh = tw + 2 * pad, th + base + 2 * pad
+        if (rw <= w and rh <= h) or scale <= 0.2:
+            break
+        scale *= 0.8
+    x0, y0 = anchor[0], anchor[1] - rh
+    if y0 < 0:
+        y0 = fallback_top
+    x0 = min(max(x0, 0), max(w - rw, 0))
+    y0 = min(max(y0, 0), max(h - rh, 0))
+    cv2.rectangle(img, (x0, y0), (x0 + rw - 1, y0 + rh - 1), LABEL_BACKGROUND, cv2.FILLED)
+    cv2.putText(img, text, (x0 + pad, y0 + pad + th), _FONT, scale, _BOX, thickness,
+                cv2.LINE_AA)
 
 
 def _draw_findings(img: np.ndarray, findings: Sequence[Finding]) -> None:
@@ -110,19 +134,19 @@ def _draw_findings(img: np.ndarray, findings: Sequence[Finding]) -> None:
     scale = max(0.4, max(h, w) / 1600)
     for f in findings:
         if f.box is not None:
-            p0 = (round(f.box[0]), round(f.box[1]))
-            p1 = (round(f.box[2]), round(f.box[3]))
-            cv2.rectangle(img, p0, p1, _OUTLINE, thickness + 2, cv2.LINE_AA)
-            cv2.rectangle(img, p0, p1, _BOX, thickness, cv2.LINE_AA)
-            anchor = (p0[0], max(p0[1] - 2 * thickness - 2, 0))
+            box = (round(f.box[0]), round(f.box[1]), round(f.box[2]), round(f.box[3]))
+            cv2.rectangle(img, box[:2], box[2:], _OUTLINE, thickness + 2, cv2.LINE_AA)
+            cv2.rectangle(img, box[:2], box[2:], _BOX, thickness, cv2.LINE_AA)
+            # Above the box; a box at the top edge gets its label just inside its top line.
+            anchor = (box[0] - thickness, box[1] - thickness - 1)
+            fallback_top = box[1] + thickness + 2
         else:
             anchor = (round(f.point[0]) + marker, round(f.point[1]) - marker)
+            fallback_top = round(f.point[1]) + marker
         point = (round(f.point[0]), round(f.point[1]))
         cv2.drawMarker(img, point, _OUTLINE, cv2.MARKER_CROSS, marker, thickness + 2, cv2.LINE_AA)
         cv2.drawMarker(img, point, _BOX, cv2.MARKER_CROSS, marker, thickness, cv2.LINE_AA)
-        (_, th), _ = cv2.getTextSize("0", _FONT, scale, 1)
-        org = (min(max(anchor[0], 0), w - 1), max(anchor[1], th + 1))
-        _draw_text(img, f"{f.score:.2f}", org, scale, max(1, round(scale * 1.5)), _BOX)
+        _draw_label(img, f"{f.score:.2f}", anchor, fallback_top, scale)
 
 
 def _ascii(text: str) -> str:
