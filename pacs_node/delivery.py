@@ -5,6 +5,10 @@ destination's batch over one association, and records success or the next attemp
 Backoff is exponential and capped, attempts are bounded, and at most ``max_concurrent``
 associations are open at once, so a destination that is down causes no retry storm. State
 lives in the index, so a restart while a destination is down loses nothing.
+
+Each object is offered in its stored transfer syntax and, in separate presentation
+contexts, in Explicit and Implicit VR Little Endian: a destination that does not accept
+the stored (compressed) syntax gets the object decompressed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pydicom
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import ExportRepository, FileStore, Instance, run_write
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 # Success, and the storage warnings (coercion, elements discarded, data set mismatch) after
 # which the destination holds the object.
 _ACCEPTED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+# Offered besides the stored syntax; every storage SCP accepts Implicit VR Little Endian.
+_FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def backoff_seconds(attempts: int, settings: DeliverySettings) -> float:
@@ -105,8 +113,13 @@ class DeliveryService:
         dest = self.destinations[name]
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        for sop_class, syntax in sorted({(i.sop_class_uid, i.transfer_syntax_uid)
-                                         for i in items}):
+        # One syntax per presentation context, so the destination accepts or rejects each.
+        contexts = dict.fromkeys(
+            (sop_class, syntax)
+            for sop_class, stored in sorted({(i.sop_class_uid, i.transfer_syntax_uid)
+                                             for i in items})
+            for syntax in (stored, *_FALLBACK_SYNTAXES))
+        for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, [syntax])
         outcomes: dict[int, str | None] = {}
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
@@ -118,15 +131,34 @@ class DeliveryService:
                 for item in items:
                     if self._stop.is_set():
                         break
-                    ds = pydicom.dcmread(self.store.path_of(item.relpath))
-                    status = assoc.send_c_store(ds)
-                    code = getattr(status, "Status", None)
-                    accepted = code is not None and code in _ACCEPTED
-                    outcomes[item.export_id] = None if accepted else f"C-STORE status {code}"
+                    outcomes[item.export_id] = self._store_one(assoc, item)
             finally:
                 assoc.release()
         self._record(name, items, outcomes)
         return sum(1 for v in outcomes.values() if v is None)
+
+    def _store_one(self, assoc: Association, item: _Item) -> str | None:
+        """C-STORE one object; None when the destination holds it, else the error."""
+        try:
+            ds = pydicom.dcmread(self.store.path_of(item.relpath))
+            stored = UID(ds.file_meta.TransferSyntaxUID)
+            accepted = {UID(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+                        if cx.abstract_syntax == ds.SOPClassUID}
+            if stored not in accepted and stored.is_compressed:
+                if not accepted & set(_FALLBACK_SYNTAXES):
+                    return (f"destination accepted no presentation context for "
+                            f"{ds.SOPClassUID} in {stored} or uncompressed")
+                # The same instance, only re-encoded: keep its SOP Instance UID (pydicom
+                # makes a new one by default). pynetdicom picks the uncompressed context.
+                ds.decompress(generate_instance_uid=False)
+            status = assoc.send_c_store(ds)
+        except Exception as exc:  # noqa: BLE001 - it fails this attempt, not the whole round
+            log.warning("cannot send %s: %s", item.relpath, exc)
+            return f"{type(exc).__name__}: {exc}"
+        code = getattr(status, "Status", None)
+        if code is not None and code in _ACCEPTED:
+            return None
+        return "no C-STORE response" if code is None else f"C-STORE status 0x{code:04X}"
 
     def _record(self, name: str, items: list[_Item], outcomes: dict[int, str | None]) -> None:
         def work(session: Session) -> None:
