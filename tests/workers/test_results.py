@@ -265,14 +265,16 @@ def test_sr_study_site_and_view_groups(sr_bytes: bytes, study: StudyResult) -> N
     for group in groups:
         assert group.finding_type.value == "125605004"  # Fracture of bone
     study_group, site_group, *view_groups = groups
-    assert study_group.get_measurements()[0].value == pytest.approx(0.87)
+    (probability,) = study_group.get_measurements()
+    assert probability.value == pytest.approx(87.0)  # percent, one decimal
+    assert (probability.unit.value, probability.unit.scheme_designator) == ("%", "UCUM")
     assert study_group.get_qualitative_evaluations()[0].value.meaning == "Present"
     site = site_group.finding_sites[0]
     assert site.value.value == "30021000"  # Lower leg
     assert site.laterality.value == "24028007"  # Right
     for group, view in zip(view_groups, study.views, strict=True):
         p = view.prediction.fracture_probability
-        assert group.get_measurements()[0].value == pytest.approx(p)
+        assert group.get_measurements()[0].value == pytest.approx(100 * p)
         expected = "Present" if p >= study.threshold else "Absent"
         assert group.get_qualitative_evaluations()[0].value.meaning == expected
         sources = group.source_images
@@ -284,43 +286,52 @@ def test_sr_findings_land_as_scoord_on_the_right_image(
 ) -> None:
     sr = srread(io.BytesIO(sr_bytes))
     rois = sr.content.get_planar_roi_measurement_groups()
-    # View 1: box + point for finding 1, point only for finding 2; view 2: box + point.
-    assert len(rois) == 5
-    by_id: dict[str, list] = {}
-    for group in rois:
-        by_id.setdefault(group.tracking_identifier, []).append(group)
-    assert len({g.tracking_uid for g in by_id["View 1 finding 1"]}) == 1
+    # One TID 1410 group per finding: view 1 has a boxed and a point-only finding, view 2 one.
+    assert [g.tracking_identifier for g in rois] == [
+        "View 1 finding 1", "View 1 finding 2", "View 2 finding 1"]
+    assert len({g.tracking_uid for g in rois}) == 3
+    boxed, lone_point, view2 = rois
 
-    box_group, point_group = by_id["View 1 finding 1"]
     rg3_uid = study.views[0].sop_instance_uid
-    for group in (box_group, point_group):
-        roi = group.roi
-        assert roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == rg3_uid
-        assert group.get_measurements()[0].value == pytest.approx(0.95)
-    assert box_group.roi.graphic_type.value == "POLYLINE"
+    assert boxed.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == rg3_uid
+    assert boxed.roi.graphic_type.value == "POLYLINE"
     x0, y0, x1, y1 = RG3_BOX
     # SCOORD: the top-left corner of the top-left pixel is (0, 0); boxes enclose whole pixels.
-    np.testing.assert_allclose(box_group.roi.value, [
+    np.testing.assert_allclose(boxed.roi.value, [
         [x0, y0], [x1 + 1, y0], [x1 + 1, y1 + 1], [x0, y1 + 1], [x0, y0]])
-    assert point_group.roi.graphic_type.value == "POINT"
-    np.testing.assert_allclose(point_group.roi.value, [[RG3_POINT[0] + 0.5, RG3_POINT[1] + 0.5]])
+    (score,) = boxed.get_measurements()
+    assert score.value == pytest.approx(95.0) and score.unit.value == "%"
+    # The peak travels with its box: INFERRED FROM SCOORD POINT, SELECTED FROM the same view.
+    (peak,) = score.referenced_coordinates
+    assert peak.relationship_type.value == "INFERRED FROM"
+    assert peak.name.value == "128140"  # Representative point
+    assert peak.graphic_type.value == "POINT"
+    np.testing.assert_allclose(peak.value, [[RG3_POINT[0] + 0.5, RG3_POINT[1] + 0.5]])
+    selected = peak.ContentSequence[0]
+    assert selected.RelationshipType == "SELECTED FROM"
+    assert selected.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == rg3_uid
 
-    (lone_point,) = by_id["View 1 finding 2"]
+    # Without a box the peak is the region, and is not repeated under the score.
     assert lone_point.roi.graphic_type.value == "POINT"
     np.testing.assert_allclose(lone_point.roi.value, [[300.5, 1500.5]])
+    assert lone_point.get_measurements()[0].referenced_coordinates == []
     view2_uid = study.views[1].sop_instance_uid
-    for group in by_id["View 2 finding 1"]:
-        assert (group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-                == view2_uid)
+    assert (view2.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            == view2_uid)
+    (view2_peak,) = view2.get_measurements()[0].referenced_coordinates
+    assert view2_peak.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        view2_uid)
 
 
 def test_sr_carries_notices_skipped_views_and_ihe_equipment(sr_bytes: bytes) -> None:
     ds = pydicom.dcmread(io.BytesIO(sr_bytes))
     texts = [item.TextValue for item in ds.ContentSequence[-1].ContentSequence]
     assert ds.ContentSequence[-1].ConceptNameCodeSequence[0].CodeValue == "C0034375"
-    assert any("Machine-generated" in t for t in texts)
-    assert any("NOT FOR DIAGNOSTIC USE" in t and "synthetic" in t for t in texts)
     assert ALGORITHM.notice in texts
+    assert "Views analysed: 2 of 3." in texts
+    top = {item.TextValue for item in ds.ContentSequence if item.ValueType == "TEXT"}
+    assert any("Machine-generated" in t for t in top)
+    assert any("NOT FOR DIAGNOSTIC USE" in t and "synthetic" in t for t in top)
     assert any(SKIPPED.sop_instance_uid in t and SKIPPED.reason in t for t in texts)
     ihe = [item for item in ds.ContributingEquipmentSequence
            if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"]

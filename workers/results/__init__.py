@@ -8,7 +8,14 @@ objects again. Codes used are listed in :mod:`workers.results._codes`.
 from .overlay import display_image, render_overlay, resize_view
 from .rejection import REJECTED_FOR_QUALITY_REASONS, build_rejection_note
 from .sc import banner_lines, build_secondary_captures, study_verdict
-from .sr import box_polyline, build_sr, machine_generated_statement, scoord_point
+from .sr import (
+    as_percent,
+    box_polyline,
+    build_sr,
+    machine_generated_statement,
+    scoord_point,
+    study_impression,
+)
 from .types import AlgorithmInfo, SkippedView, StudyResult, ViewResult
 from .uids import IMPLEMENTATION_CLASS_UID, algorithm_device_uid, result_uid
 
@@ -20,6 +27,7 @@ __all__ = [
     "StudyResult",
     "ViewResult",
     "algorithm_device_uid",
+    "as_percent",
     "banner_lines",
     "box_polyline",
     "build_rejection_note",
@@ -31,5 +39,6 @@ __all__ = [
     "resize_view",
     "result_uid",
     "scoord_point",
+    "study_impression",
     "study_verdict",
 ]

@@ -31,9 +31,9 @@ FRACTURE = CodedConcept("125605004", "SCT", "Fracture of bone")
 #: Qualitative evaluation values (CID 240 "Present-Absent").
 PRESENT = CodedConcept("52101004", "SCT", "Present")
 ABSENT = CodedConcept("272519000", "SCT", "Absent")
-#: Probability of the group's finding (dimensionless, UCUM "1").
+#: Probability of the group's finding, written in percent (UCUM "%", CID 7181; see sr.py).
 PROBABILITY = CodedConcept("122157", "DCM", "Probability")
-NO_UNITS = CodedConcept("1", "UCUM", "no units")
+PERCENT = CodedConcept("%", "UCUM", "Percent")
 #: Score of a candidate region and how it was derived from the heatmap (CID 7464).
 EVIDENCE_SCORE = CodedConcept("FRX-EVIDENCE", PRIVATE_SCHEME, "Fracture evidence score")
 MAXIMUM = CodedConcept("56851009", "SCT", "Maximum")
@@ -43,6 +43,13 @@ REPRESENTATIVE_POINT = CodedConcept("128140", "DCM", "Representative point")
 #: TID 1500 row 12 container and the TEXT items placed in it.
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = CodedConcept("121106", "DCM", "Comment")
+#: The one-line summary at the top of the SR. (121073, DCM, "Impression") is a TEXT element
+#: of CID 7002 "Diagnostic Imaging Report Elements", the vocabulary of report narrative
+#: (TID 2002), so a free-text sentence is its intended value. (111017, DCM, "CAD Processing
+#: and Findings Summary") was the other candidate: it is a CODE item of the CAD SR
+#: templates (TID 4001, TID 4101) whose values (CID 6047, "All algorithms succeeded; with
+#: findings", ...) say nothing about the site, the probability or the views analysed.
+IMPRESSION = CodedConcept("121073", "DCM", "Impression")
 #: IHE AI Results: purpose of reference of the algorithm in Contributing Equipment.
 PROCESSING_ALGORITHM = CodedConcept("Newcode1", IHE_SCHEME, "Processing Algorithm")
 #: Purpose of reference of the source image of a Secondary Capture (CID 7202).

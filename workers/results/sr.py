@@ -1,41 +1,67 @@
 """The study result as a Comprehensive 3D SR: a TID 1500 Imaging Measurement Report.
 
-Content tree (IHE AI Results):
+Content tree, in reading order (IHE AI Results; PS3.16 template numbers):
 
-- Procedure Reported: radiographic imaging procedure; observer: the model as a device.
-- Imaging Measurements:
+- TID 1500 root "Imaging Measurement Report": language (TID 1204), the model as a device
+  observer (TID 1001, 1002, 1004), Procedure Reported "Radiographic imaging procedure".
+- Impression (TEXT (121073, DCM, "Impression")): one line a reader takes in at once, e.g.
+  "Fracture suspected: right wrist joint (93.0 %), 2 of 2 views analysed", "No fracture
+  detected (4.1 %) in 3 analysed views", "Not analysed: outside the model's training domain",
+  with "; k of n views not analysed" when some views were not.
+- Comment (TEXT (121106, DCM, "Comment")): the machine-generated / not-for-diagnostic-use
+  statement (:func:`machine_generated_statement`).
+  Both TEXT items are a TID 1500 extension placed before the measurements: TID 1500 is
+  extensible and PS3.16 section 6.2.5 allows added items "at any semantically appropriate
+  location ... regardless of whether the order ... is significant".
+- Imaging Measurements (TID 1500 row 6):
   - one TID 1501 group for the study: Finding "Fracture of bone", a qualitative evaluation
-    Present / Absent, its Probability and the algorithm with the aggregation as parameters;
+    Present / Absent, its Probability and the algorithm (TID 4019) with the aggregation and
+    threshold as parameters;
   - one TID 1501 group per anatomic site of the aggregation (finding site, Probability,
     Present / Absent);
   - one TID 1501 group per analysed view (source image, finding site, Probability,
     Present / Absent at the study threshold);
-  - per finding two TID 1410 groups sharing one tracking UID: the box (closed POLYLINE,
-    purpose "Outline") and the peak (POINT, purpose "Representative point"), each with its
-    "Fracture evidence score" (derivation Maximum). SCOORD is in DICOM image coordinates:
-    the top-left corner of the top-left pixel is (0, 0).
-- Qualitative Evaluations (TID 1500 row 12): TEXT comments saying the result is
-  machine-generated, the model's notice (the synthetic-data warning for demo models), how
-  many views were analysed ("Views analysed: n of m."), and one line per view received but
-  not analysed, with the reason (out of scope, outside the model's training domain, cannot
-  be decoded).
+  - one TID 1410 group per candidate region (tracking identifier and UID): its region is the
+    box (closed POLYLINE, purpose "Outline"), or the peak (POINT, purpose "Representative
+    point") when the region has no box; its TID 1419 measurement "Fracture evidence score"
+    (derivation Maximum) is INFERRED FROM the peak, a SCOORD POINT "Representative point"
+    SELECTED FROM the view (the TID 300 / TID 320 rows 3-4 pattern; an extension of the
+    extensible TID 1419, whose single Image Region is the box). SCOORD is in DICOM image
+    coordinates: the top-left corner of the top-left pixel is (0, 0).
+- Qualitative Evaluations (TID 1500 rows 12 and 14): TEXT comments with the model's notice
+  (the synthetic-data warning for demo models), how many views were analysed ("Views
+  analysed: n of m."), and one line per view received but not analysed, with the reason (out
+  of scope, outside the model's training domain, cannot be decoded).
+
+Probabilities and evidence scores are written as percentages with one decimal, UCUM "%"
+(CID 7181, like "1"), e.g. "87.0 %": a viewer shows the number with its unit as is (dsr2html
+and OHIF print the unit's code value, and "0.87 1" reads as two numbers), one decimal is finer
+than the model's calibration warrants yet keeps 99.6 apart from 99.9, and a value strictly
+between 0 and 1 never shows as 0.0 % or 100.0 % (it is held to 0.1 % .. 99.9 %). The
+impression line uses the same numbers. Every container is SEPARATE (not CONTINUOUS
+narrative), so a renderer prints each item's concept name ("Probability: 87.0 %").
 
 A study none of whose views could be analysed keeps its study group without a probability
 or a Present / Absent evaluation, and a comment "Study not analysed: <reason>": the report
 says that the node looked and why it gives no answer, never a number it did not compute.
 
 Evidence is the views the model was given (the Current Requested Procedure Evidence
-Sequence); views that never reached the model are named in the comments only.
+Sequence); views that never reached the model are named in the comments only. Earlier SRs
+this one replaces go to the Predecessor Documents Sequence (``previous_versions``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import pydicom
 from highdicom.sr import (
     AlgorithmIdentification,
-    CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
+    ContentSequence,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     GraphicTypeValues,
     ImageRegion,
@@ -61,7 +87,7 @@ from ._common import contributing_algorithm, evidence_header, series_description
 from .types import AlgorithmInfo, StudyResult, ViewResult
 from .uids import algorithm_device_uid, result_uid, set_implementation
 
-__all__ = ["build_sr", "machine_generated_statement"]
+__all__ = ["as_percent", "build_sr", "machine_generated_statement", "study_impression"]
 
 
 def machine_generated_statement(algorithm: AlgorithmInfo) -> str:
@@ -88,8 +114,62 @@ def _algorithm_id(algorithm: AlgorithmInfo, parameters: list[str] | None = None
     )
 
 
+def as_percent(value: float) -> float:
+    """A probability or score in [0, 1] as the percentage the SR writes: one decimal, and a
+    value strictly between 0 and 1 held to 0.1 .. 99.9 so it never reads as certain."""
+    shown = round(100.0 * float(value), 1)
+    if 0.0 < value < 1.0:
+        shown = min(max(shown, 0.1), 99.9)
+    return shown
+
+
+def _shown(value: float) -> str:
+    return f"{as_percent(value):.1f} %"
+
+
+def _views(n: int) -> str:
+    return f"{n} view{'s' if n != 1 else ''}"
+
+
+def _site_words(label: str) -> str:
+    """An aggregation site label as words: ``"WRIST R"`` -> ``"right wrist joint"``."""
+    site = c.site_finding_site(label)
+    if site is None:
+        return label
+    words = [site.value.meaning.lower()]
+    if site.laterality is not None:
+        words.insert(0, site.laterality.meaning.lower())
+    return " ".join(words)
+
+
+def study_impression(study: StudyResult) -> str:
+    """The one line that opens the SR, e.g. ``"Fracture suspected: right lower leg (87.0 %),
+    2 of 2 views analysed"``, ``"No fracture detected (12.0 %) in 3 analysed views"`` or
+    ``"Not analysed: <reason>"``, followed by ``"; k of n views not analysed"`` when views
+    were left out. Sites at or above the threshold are named, highest first."""
+    total = len(study.views) + len(study.skipped)
+    analysed = study.views_analysed
+    missing = total - analysed
+    if study.fracture_probability is None:
+        text = f"Not analysed: {study.reason}"
+    elif study.positive:
+        sites = sorted(((p, label) for label, p in study.site_probabilities.items()
+                        if p >= study.threshold), reverse=True)
+        where = ", ".join(f"{_site_words(label)} ({_shown(p)})" for p, label in sites)
+        text = (f"Fracture suspected: {where}" if where
+                else f"Fracture suspected ({_shown(study.fracture_probability)})")
+        text += (f", {analysed} of {_views(total)} analysed" if not missing
+                 else f", {_views(analysed)} analysed")
+    else:
+        text = (f"No fracture detected ({_shown(study.fracture_probability)}) in "
+                f"{analysed} analysed view{'s' if analysed != 1 else ''}")
+    if missing:
+        text += f"; {missing} of {_views(total)} not analysed"
+    return text
+
+
 def _probability(value: float) -> Measurement:
-    return Measurement(name=c.PROBABILITY, value=round(float(value), 6), unit=c.NO_UNITS)
+    return Measurement(name=c.PROBABILITY, value=as_percent(value), unit=c.PERCENT)
 
 
 def _presence(positive: bool) -> QualitativeEvaluation:
@@ -102,7 +182,7 @@ def _tracking(job_key: str, label: str, *parts: str) -> TrackingIdentifier:
 
 def _study_group(study: StudyResult, algorithm: AlgorithmInfo, job_key: str
                  ) -> MeasurementsAndQualitativeEvaluations:
-    parameters = [f"aggregation={study.aggregation}", f"threshold={study.threshold:g}"]
+    parameters = [f"aggregation={study.aggregation}", f"threshold={100 * study.threshold:g} %"]
     analysed = study.fracture_probability is not None and study.positive is not None
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(job_key, "Study result", "study"),
@@ -163,27 +243,41 @@ def scoord_point(point: tuple[float, float]) -> np.ndarray:
 
 def _finding_groups(index: int, view: ViewResult, algorithm: AlgorithmInfo, job_key: str
                     ) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
-    source = SourceImageForRegion.from_source_image(view.source)
+    """One TID 1410 group per candidate region: the box is the region and the peak is the
+    point its evidence score was read at; without a box the peak is the region."""
     site = c.finding_site(view.source, view.site)
     groups = []
     for k, finding in enumerate(view.prediction.findings, start=1):
-        regions: list[tuple[ImageRegion, CodedConcept]] = []
+        point = scoord_point(finding.point)
+        evidence = _evidence(finding)
         if finding.box is not None:
-            regions.append((ImageRegion(GraphicTypeValues.POLYLINE, box_polyline(finding.box),
-                                        source), c.OUTLINE))
-        regions.append((ImageRegion(GraphicTypeValues.POINT, scoord_point(finding.point), source),
-                        c.REPRESENTATIVE_POINT))
-        for region, purpose in regions:
-            groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(
-                    job_key, f"View {index} finding {k}", "finding", view.sop_instance_uid, str(k)
-                ),
-                referenced_region=region,
-                finding_type=c.FRACTURE,
-                algorithm_id=_algorithm_id(algorithm),
-                finding_sites=[site] if site is not None else None,
-                measurements=[_evidence(finding)],
-                geometric_purpose=purpose,
+            region = ImageRegion(GraphicTypeValues.POLYLINE, box_polyline(finding.box),
+                                 SourceImageForRegion.from_source_image(view.source))
+            purpose = c.OUTLINE
+        else:
+            region = ImageRegion(GraphicTypeValues.POINT, point,
+                                 SourceImageForRegion.from_source_image(view.source))
+            purpose = c.REPRESENTATIVE_POINT
+        groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(
+                job_key, f"View {index} finding {k}", "finding", view.sop_instance_uid, str(k)
+            ),
+            referenced_region=region,
+            finding_type=c.FRACTURE,
+            algorithm_id=_algorithm_id(algorithm),
+            finding_sites=[site] if site is not None else None,
+            measurements=[evidence],
+            geometric_purpose=purpose,
+        ))
+        if finding.box is not None:
+            # highdicom refuses coordinates on a measurement of a TID 1410 group (TID 1419
+            # does not invoke TID 320), so the peak is added to the NUM item, which the group
+            # holds by reference, once the group is built: INFERRED FROM SCOORD POINT
+            # SELECTED FROM the view, as TID 320 rows 3-4 encode it.
+            evidence[0].ContentSequence.append(CoordinatesForMeasurement(
+                GraphicTypeValues.POINT, point,
+                SourceImageForRegion.from_source_image(view.source),
+                purpose=c.REPRESENTATIVE_POINT,
             ))
     return groups
 
@@ -191,16 +285,24 @@ def _finding_groups(index: int, view: ViewResult, algorithm: AlgorithmInfo, job_
 def _evidence(finding: Finding) -> Measurement:
     return Measurement(
         name=c.EVIDENCE_SCORE,
-        value=round(float(finding.score), 6),
-        unit=c.NO_UNITS,
+        value=as_percent(finding.score),
+        unit=c.PERCENT,
         derivation=c.MAXIMUM,
     )
 
 
+def _opening(study: StudyResult, algorithm: AlgorithmInfo) -> list[TextContentItem]:
+    """The impression and the machine-generated statement, read before any number."""
+    return [
+        TextContentItem(name=c.IMPRESSION, value=study_impression(study),
+                        relationship_type=RelationshipTypeValues.CONTAINS),
+        TextContentItem(name=c.COMMENT, value=machine_generated_statement(algorithm),
+                        relationship_type=RelationshipTypeValues.CONTAINS),
+    ]
+
+
 def _comments(study: StudyResult, algorithm: AlgorithmInfo) -> ContainerContentItem:
-    texts = [machine_generated_statement(algorithm)]
-    if algorithm.notice:
-        texts.append(algorithm.notice)
+    texts = [algorithm.notice] if algorithm.notice else []
     total = len(study.views) + len(study.skipped)
     texts.append(f"Views analysed: {study.views_analysed} of {total}.")
     if not study.analysed:
@@ -217,11 +319,11 @@ def _comments(study: StudyResult, algorithm: AlgorithmInfo) -> ContainerContentI
     container = ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
     )
-    container.ContentSequence = [
+    container.ContentSequence = ContentSequence([
         TextContentItem(name=c.COMMENT, value=text,
                         relationship_type=RelationshipTypeValues.CONTAINS)
         for text in texts
-    ]
+    ])
     return container
 
 
@@ -239,6 +341,32 @@ def _observation_context(algorithm: AlgorithmInfo) -> ObservationContext:
     )
 
 
+def _check_previous_versions(previous_versions: Sequence[pydicom.Dataset], study_uid: str,
+                             sop_instance_uid: str) -> None:
+    for i, pre in enumerate(previous_versions):
+        if not isinstance(pre, pydicom.Dataset):
+            raise TypeError(
+                f"previous_versions[{i}] must be a pydicom Dataset, got {type(pre).__name__}")
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                        "SOPClassUID"):
+            if not pre.get(keyword):
+                raise ValueError(f"previous_versions[{i}] has no {keyword}")
+        if str(pre.StudyInstanceUID) != study_uid:
+            raise ValueError(f"previous_versions[{i}] belongs to study {pre.StudyInstanceUID}, "
+                             f"not to {study_uid}")
+        if str(pre.SOPInstanceUID) == sop_instance_uid:
+            raise ValueError(f"previous_versions[{i}] is the SR being built ({sop_instance_uid})")
+
+
+def _separate(item: pydicom.Dataset) -> None:
+    """Mark every container under ``item`` SEPARATE: its items are not one narrative text,
+    and renderers then print each item with its concept name."""
+    if item.get("ValueType") == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence", []):
+        _separate(child)
+
+
 def build_sr(
     study: StudyResult,
     algorithm: AlgorithmInfo,
@@ -246,15 +374,25 @@ def build_sr(
     job_key: str,
     series_number: int = 9001,
     instance_number: int = 1,
+    previous_versions: Sequence[pydicom.Dataset] = (),
 ) -> Comprehensive3DSR:
     """The study result as a Comprehensive 3D SR in a new series of the source study.
 
     UIDs derive from ``job_key`` (:func:`~workers.results.result_uid`), so a retried job
     builds the same instance. Preliminary (``PRELIMINARY``), complete and unverified.
-    Raises ``ValueError`` when the model was given no view of the study.
+    ``previous_versions`` are the headers of earlier SRs of the study this one replaces
+    (Study, Series, SOP Instance and SOP Class UIDs); they are listed in the Predecessor
+    Documents Sequence.
+
+    Raises ``ValueError`` when the model was given no view of the study, or a previous
+    version lacks a UID, belongs to another study or is this SR itself; ``TypeError`` when a
+    previous version is not a dataset.
     """
     if not study.views:
         raise ValueError("the study result has no processed view to report on")
+    sop_instance_uid = result_uid(job_key, "sr")
+    _check_previous_versions(previous_versions, str(study.views[0].source.StudyInstanceUID),
+                             sop_instance_uid)
     groups: list[MeasurementsAndQualitativeEvaluations
                  | PlanarROIMeasurementsAndQualitativeEvaluations] = [
         _study_group(study, algorithm, job_key)
@@ -272,16 +410,22 @@ def build_sr(
         imaging_measurements=groups,
         title=c.REPORT_TITLE,
     )
-    report[0].ContentSequence.append(_comments(study, algorithm))
+    root = report[0]
+    at = next(i for i, item in enumerate(root.ContentSequence)
+              if item.name == codes.DCM.ImagingMeasurements)
+    for offset, item in enumerate(_opening(study, algorithm)):
+        root.ContentSequence.insert(at + offset, item)
+    root.ContentSequence.append(_comments(study, algorithm))
+    _separate(root)
     schemes = [c.IHE_CODING_SCHEME]
     if any(v.prediction.findings for v in study.views):
         schemes.insert(0, c.PRIVATE_CODING_SCHEME)
     sr = Comprehensive3DSR(
         evidence=[evidence_header(v.source) for v in study.views],
-        content=report[0],
+        content=root,
         series_instance_uid=result_uid(job_key, "sr-series"),
         series_number=series_number,
-        sop_instance_uid=result_uid(job_key, "sr"),
+        sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         manufacturer=algorithm.manufacturer,
         is_complete=True,
@@ -290,6 +434,7 @@ def build_sr(
         record_evidence=False,
         series_description=series_description("AI fracture report", algorithm),
         coding_schemes=schemes,
+        previous_versions=list(previous_versions) or None,
     )
     sr.ContributingEquipmentSequence.append(contributing_algorithm(algorithm))
     set_implementation(sr.file_meta)
