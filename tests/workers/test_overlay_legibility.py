@@ -158,6 +158,7 @@ def _dciodvfy(data: bytes, path: Path) -> None:
 
 # RLE Lossless (the default, rendered by every PACS) and lossless JPEG 2000: the largest
 # share of the uncompressed size each may take on this view (measured: ~0.70 and ~0.19).
+# JPEG 2000 (the default) must meet the target of 40%; RLE is a regression guard.
 SIZE_RATIO_AT_MOST = {RLELossless: 0.75, JPEG2000Lossless: 0.40}
 
 
@@ -165,7 +166,7 @@ SIZE_RATIO_AT_MOST = {RLELossless: 0.75, JPEG2000Lossless: 0.40}
 def test_sc_is_compressed_losslessly_and_stays_valid(
     syntax: str, hip_study: StudyResult, uncompressed: pydicom.Dataset, tmp_path: Path
 ) -> None:
-    kwargs = {} if syntax == RLELossless else {"transfer_syntax_uid": syntax}
+    kwargs = {"transfer_syntax_uid": syntax}
     (sc,) = build_secondary_captures(hip_study, ALGORITHM, job_key="job-size", **kwargs)
     data = _to_bytes(sc)
     raw = uncompressed.pixel_array

@@ -1,15 +1,17 @@
 """One Secondary Capture per view the model was given: the view with the heatmap, boxes and
 a banner. A view the model did not analyse (outside its training domain) is shown plain,
-without heatmap or boxes, its banner saying "NOT ANALYSABLE" and why.
+without heatmap or boxes, its banner saying "NOT ANALYSED" and why. The banner uses the
+words of the SR and of ``pacs-node studies``: POSITIVE, NEGATIVE, NOT ANALYSED.
 
 Built with :meth:`highdicom.sc.SCImage.from_ref_dataset`, so patient and study attributes
 come from the source. Each SC is RGB 8-bit, in a new series of the source study, derived
 (``DERIVED\\SECONDARY``), references its source (Source Image Sequence), carries the
 source's laterality and orientation (Laterality is Type 2C in General Series) and says
 that text is burned in (Burned In Annotation ``YES``: the banner, and whatever the source
-pixels already carried). Its pixels are compressed losslessly, RLE Lossless by default
-(see :data:`SC_TRANSFER_SYNTAXES`); delivery decompresses for a destination that does not
-accept the stored syntax.
+pixels already carried). Its pixels are compressed losslessly, JPEG 2000 Lossless by default
+(about a fifth of the uncompressed size, where RLE keeps about 0.5-0.7: a radiograph's noise
+leaves few runs; see :data:`SC_TRANSFER_SYNTAXES`); delivery decompresses for a destination
+that does not accept the stored syntax.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from . import _codes as c
 from ._common import contributing_algorithm, evidence_header, series_description
 from .overlay import BANNER_TEXT, BANNER_WARN, display_image, render_overlay, resize_view
+from .sr import as_percent
 from .types import AlgorithmInfo, StudyResult, ViewResult
 from .uids import result_uid, set_implementation
 
@@ -50,29 +53,33 @@ UNPAIRED_BODY_PARTS = frozenset({
 
 
 def study_verdict(study: StudyResult) -> str:
-    """``"FRACTURE SUSPECTED p=0.87"``, ``"NO FRACTURE DETECTED p=0.12"`` or
-    ``"NOT ANALYSED: <reason>"``."""
+    """The study's result in the node's vocabulary, as the SR words it:
+    ``"POSITIVE - FRACTURE SUSPECTED (87.0 %)"``, ``"NEGATIVE - NO FRACTURE DETECTED
+    (12.0 %)"`` or ``"NOT ANALYSED: <reason>"``."""
     if study.fracture_probability is None:
         return f"NOT ANALYSED: {study.reason}"
-    verdict = "FRACTURE SUSPECTED" if study.positive else "NO FRACTURE DETECTED"
-    return f"{verdict} p={study.fracture_probability:.2f}"
+    verdict = ("POSITIVE - FRACTURE SUSPECTED" if study.positive
+               else "NEGATIVE - NO FRACTURE DETECTED")
+    return f"{verdict} ({as_percent(study.fracture_probability):.1f} %)"
 
 
 def banner_lines(study: StudyResult, view: ViewResult, algorithm: AlgorithmInfo
                  ) -> list[tuple[str, tuple[int, int, int]]]:
-    """The banner of one view's SC: (text, colour) per line."""
+    """The banner of one view's SC: (text, colour) per line. A view is POSITIVE or
+    NEGATIVE at the study threshold, with its probability, or NOT ANALYSED and why."""
     p = view.prediction.fracture_probability
     n = len(view.prediction.findings)
     site = f" ({view.site})" if view.site else ""
     analysed = f"{study.views_analysed} of {len(study.views) + len(study.skipped)} views analysed"
     if p is None:
-        this_view = (f"THIS VIEW{site}: NOT ANALYSABLE: {view.prediction.not_analysed_reason}",
+        this_view = (f"THIS VIEW{site}: NOT ANALYSED: {view.prediction.not_analysed_reason}",
                      BANNER_WARN)
     else:
-        this_view = (f"THIS VIEW{site}: p={p:.2f}, {n} candidate region{'s' if n != 1 else ''}",
-                     BANNER_TEXT)
-    parameters = (f"  [{study.aggregation}, threshold {study.threshold:.2f}; {analysed}]"
-                  if study.analysed else f"  [{analysed}]")
+        state = "POSITIVE" if p >= study.threshold else "NEGATIVE"
+        this_view = (f"THIS VIEW{site}: {state} ({as_percent(p):.1f} %), {n} candidate "
+                     f"region{'s' if n != 1 else ''}", BANNER_TEXT)
+    parameters = (f"  [{study.aggregation}, threshold {as_percent(study.threshold):g} %; "
+                  f"{analysed}]" if study.analysed else f"  [{analysed}]")
     lines = [
         (f"STUDY: {study_verdict(study)}{parameters}",
          BANNER_WARN if study.positive else BANNER_TEXT),
@@ -188,7 +195,7 @@ def build_secondary_captures(
     job_key: str,
     series_number: int = 9002,
     max_size: int = 2048,
-    transfer_syntax_uid: str = RLELossless,
+    transfer_syntax_uid: str = JPEG2000Lossless,
 ) -> list[pydicom.Dataset]:
     """One Secondary Capture per view the model was given, in order, in one new series.
 
