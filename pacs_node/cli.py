@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Plain help: Typer's Rich help panel (typer 0.29) prints a type column for every option,
+# `<bool>` after each flag and --help included; the plain formatter leaves flags bare.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="pacs-node: fracture detection beside your PACS.")
 console = Console(stderr=True)
 
@@ -421,37 +423,115 @@ def studies(
     storage.engine.dispose()
     if json_out:
         for r in rows:
-            sys.stdout.write(json.dumps({
-                "study_instance_uid": r.study_instance_uid, "study_date": r.study_date,
-                "instances": r.instance_count, "state": r.state, "job_id": r.job_id,
-                "job_state": r.job_state, "attempts": r.job_attempts,
-                "result": r.result_state, "reason": r.reason,
-                "views_analysed": r.views_analysed, "views_total": r.views_total,
-                # A probability only where the node analysed the study.
-                **({"fracture_probability": r.fracture_probability, "positive": r.positive}
-                   if r.result_state == "analysed" else {}),
-            }) + "\n")
+            sys.stdout.write(json.dumps(_study_json(r)) + "\n")
         return
     table = Table("Study Instance UID", "date", "images", "state", "job", "result")
     for r in rows:
-        result = _result_text(r)
-        job = f"{r.job_state} (x{r.job_attempts})" if r.job_state else "-"
-        table.add_row(r.study_instance_uid, r.study_date, str(r.instance_count), r.state,
-                      job, result)
+        table.add_row(r.study_instance_uid, r.study_date, str(r.images), r.state,
+                      _job_text(r), _result_text(r))
+    # A UID is never cut: studies that differ only in their last digits must look different.
+    table.columns[0].overflow = "fold"
+    table.columns[5].overflow = "fold"
     Console().print(table)
 
 
-def _result_text(r: Any) -> str:
-    """One study's result as ``pacs-node studies`` shows it."""
-    if r.result_state is None:
+def _study_json(r: Any) -> dict[str, Any]:
+    """One line of ``pacs-node studies --json`` (README "Listing studies")."""
+    return {
+        "study_instance_uid": r.study_instance_uid, "study_date": r.study_date,
+        "images": r.images, "state": r.state, "job_id": r.job_id, "job_state": r.job_state,
+        "attempts": r.job_attempts, "failures": r.job_failures,
+        "interruptions": r.job_interruptions,
+        "result": r.result,
+        "reason": r.job_error if r.result == "failed" else r.reason,
+        "views_analysed": r.views_analysed, "views_total": r.views_total,
+        # A probability only where the node analysed the study.
+        **({"fracture_probability": r.fracture_probability}
+           if r.result in ("positive", "negative") else {}),
+    }
+
+
+def _job_text(r: Any) -> str:
+    if not r.job_state:
         return "-"
-    if r.result_state != "analysed" or r.fracture_probability is None:
+    text = f"{r.job_state} (run {r.job_attempts}"
+    if r.job_failures:
+        text += f", {r.job_failures} failed"
+    if r.job_interruptions:
+        text += f", {r.job_interruptions} interrupted"
+    return text + ")"
+
+
+def _result_text(r: Any) -> str:
+    """One study's result as ``pacs-node studies`` shows it, in the node's vocabulary."""
+    result = r.result
+    if result == "pending":
+        return "-"
+    if result == "failed":
+        return f"failed: {r.job_error or 'no reason recorded'} (pacs-node rerun)"
+    if result == "not_analysed":
         return f"not analysed: {r.reason}"
-    verdict = "FRACTURE SUSPECTED" if r.positive else "no fracture detected"
+    verdict = "positive: fracture suspected" if result == "positive" \
+        else "negative: no fracture detected"
     text = f"{verdict} (p={r.fracture_probability:.2f})"
     if r.views_total and r.views_analysed < r.views_total:
         text += f"; {r.views_analysed} of {r.views_total} views analysed ({r.reason})"
     return text
+
+
+@app.command()
+def rerun(
+    study_uids: Annotated[list[str] | None, typer.Argument(
+        help="Study Instance UIDs to process again", show_default=False)] = None,
+    failed: Annotated[bool, typer.Option(
+        "--failed", help="Every study whose current job failed")] = False,
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """Queue studies for processing again (a new job; the running node picks it up within
+    queue.reconcile_interval_seconds). The new result replaces the current one."""
+    from storage import StudyRepository, run_write, validate_uid
+
+    from .node import NodeStartError, open_storage
+
+    uids = list(study_uids or [])
+    if not uids and not failed:
+        _fail("name one or more Study Instance UIDs, or --failed")
+    for uid in uids:
+        try:
+            validate_uid(uid, "StudyInstanceUID")
+        except ValueError as exc:
+            _fail(str(exc))
+    settings = _settings(config)
+    try:
+        storage = open_storage(settings)
+    except NodeStartError as exc:
+        _fail(str(exc))
+
+    def work(session: Any) -> tuple[list[str], list[str]]:
+        repo = StudyRepository(session)
+        targets = list(repo.failed()) if failed else []
+        missing = []
+        for uid in uids:
+            study = repo.get(uid)
+            if study is None:
+                missing.append(uid)
+            elif study not in targets:
+                targets.append(study)
+        queued = []
+        for study in targets:
+            repo.rerun(study, max_attempts=settings.queue.max_attempts,
+                       max_interruptions=settings.queue.max_interruptions)
+            queued.append(study.study_instance_uid)
+        return queued, missing
+
+    queued, missing = run_write(storage.sessions, work)
+    storage.engine.dispose()
+    for uid in queued:
+        console.print(f"queued {uid}")
+    if not queued and failed and not uids:
+        console.print("no failed study")
+    if missing:
+        _fail(f"not held by this node: {', '.join(missing)}")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .._db import utcnow
-from ..schema import Job, JobState, Result, Study, StudyState
+from ..schema import Instance, InstanceSource, Job, JobState, Result, Series, Study, StudyState
 
 __all__ = ["StudyListing", "StudyRepository"]
 
@@ -39,6 +39,24 @@ class StudyListing:
     reason: str | None = None
     views_analysed: int | None = None
     views_total: int | None = None
+    # Instances received (the node's own results left out), and the job's counters.
+    images: int = 0
+    job_failures: int | None = None
+    job_interruptions: int | None = None
+    job_error: str | None = None
+
+    @property
+    def result(self) -> str:
+        """The study's result in the node's vocabulary: ``positive``, ``negative``,
+        ``not_analysed``, ``failed``, or ``pending`` (no result yet: receiving, queued,
+        running)."""
+        if self.job_state == JobState.FAILED:
+            return "failed"
+        if self.result_state is None:
+            return "pending"
+        if self.result_state != "analysed" or self.fracture_probability is None:
+            return "not_analysed"
+        return "positive" if self.positive else "negative"
 
 
 class StudyRepository:
@@ -125,17 +143,27 @@ class StudyRepository:
         self.session.flush()
         return job
 
+    def failed(self) -> Sequence[Study]:
+        """Studies whose current job failed."""
+        return self.session.scalars(
+            select(Study).join(Job, Job.id == Study.current_job_id)
+            .where(Job.state == JobState.FAILED).order_by(Study.id)).all()
+
     def set_priority(self, study_id: int, priority: float | None) -> None:
         """Set the worklist priority of a study (``None`` clears it)."""
         self.session.execute(update(Study).where(Study.id == study_id)
                              .values(priority=priority)
                              .execution_options(synchronize_session="fetch"))
 
-    def list_with_latest(self, limit: int = 50) -> list[StudyListing]:
-        """The ``limit`` most recently received studies with their latest job and result."""
+    def list_with_latest(self, limit: int = 50, *, study_uids: Sequence[str] = ()
+                         ) -> list[StudyListing]:
+        """The ``limit`` most recently received studies (or those of ``study_uids``) with
+        their latest job and result."""
+        stmt = select(Study)
+        if study_uids:
+            stmt = stmt.where(Study.study_instance_uid.in_(list(study_uids)))
         studies = self.session.scalars(
-            select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
-            .limit(limit)).all()
+            stmt.order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)).all()
         ids = [s.id for s in studies]
         if not ids:
             return []
@@ -145,6 +173,11 @@ class StudyRepository:
             select(Job).where(Job.id.in_(latest)))}
         results = {r.job_id: r for r in self.session.scalars(
             select(Result).where(Result.job_id.in_([j.id for j in jobs.values()])))}
+        images: dict[int, int] = dict(self.session.execute(  # type: ignore[arg-type]
+            select(Series.study_id, func.count(Instance.id))
+            .join(Instance, Instance.series_id == Series.id)
+            .where(Series.study_id.in_(ids), Instance.source == InstanceSource.RECEIVED)
+            .group_by(Series.study_id)).all())
         listing = []
         for s in studies:
             job = jobs.get(s.id)
@@ -162,5 +195,9 @@ class StudyRepository:
                 result_state=result.state if result else None,
                 reason=result.reason if result else None,
                 views_analysed=result.views_analysed if result else None,
-                views_total=result.views_total if result else None))
+                views_total=result.views_total if result else None,
+                images=int(images.get(s.id, 0)),
+                job_failures=job.failures if job else None,
+                job_interruptions=job.interruptions if job else None,
+                job_error=job.last_error if job else None))
         return listing
