@@ -156,14 +156,18 @@ class JobRepository:
     def stale(self, now: datetime, enqueue_timeout: float) -> Sequence[Job]:
         """Jobs that need a new wake-up message: ``queued`` ones not enqueued for
         ``enqueue_timeout`` seconds (or never), and ``running`` ones whose lease expired
-        (their worker died) with interruptions left (see :meth:`expire_leases` for the
-        others)."""
+        (their worker died) with interruptions left, once when the lease lapses and again
+        every ``enqueue_timeout`` until a worker takes them (see :meth:`expire_leases` for
+        the others)."""
         cutoff = now - timedelta(seconds=enqueue_timeout)
         return self.session.scalars(select(Job).where(or_(
             and_(Job.state == JobState.QUEUED,
                  or_(Job.enqueued_at.is_(None), Job.enqueued_at <= cutoff)),
             and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now,
-                 Job.interruptions + 1 < Job.max_interruptions),
+                 Job.interruptions + 1 < Job.max_interruptions,
+                 # once when the lease lapses, then again after enqueue_timeout
+                 or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at,
+                     Job.enqueued_at <= cutoff)),
         )).order_by(Job.id)).all()
 
     def expire_leases(self, now: datetime | None = None) -> int:
