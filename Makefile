@@ -10,8 +10,9 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 STAMP := $(VENV)/.pacs-node-installed
-# Debian packages of the peers the tests talk to (dcmtk, dciodvfy, Orthanc with DICOMweb).
-PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb
+# Debian packages of the peers the tests talk to (dcmtk, dciodvfy, Orthanc with DICOMweb,
+# and the PostgreSQL and Redis servers the tests start when none answers on their ports).
+PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test peers lint bench demo-weights clean
@@ -30,10 +31,11 @@ run: install
 
 peers:
 	@missing=""; \
-	for cmd in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc; do \
+	for cmd in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server; do \
 	  command -v $${cmd%%:*} >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
 	done; \
 	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing test peers:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

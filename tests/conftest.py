@@ -6,6 +6,11 @@ otherwise a throwaway server started from /usr/lib/postgresql/*/bin (``initdb`` 
 ``pg_ctl``) on a free port in a temp dir, stopped by PID at the end. Set
 ``PACS_NODE_TEST_POSTGRES=throwaway`` to force the throwaway server. If no server can be
 had, the PostgreSQL tests fail: they are never skipped.
+
+Redis: the server at 127.0.0.1:6379 when one answers there, otherwise a throwaway
+``redis-server`` (no persistence) on a free port, stopped by PID at the end. A test claims
+one of databases 8-15 that is empty (a SET NX claim key, so parallel sessions never share
+one) and deletes only the keys left there; no test ever runs FLUSHDB or FLUSHALL.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -110,6 +116,19 @@ def _stop_throwaway_postgres(server: ThrowawayPostgres) -> None:
         shutil.rmtree(server.folder, ignore_errors=True)
 
 
+def _accepts(url: str) -> bool:
+    """Whether ``url`` logs in (Debian's own cluster answers on 5432 but wants a password)."""
+    engine = create_engine_for(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[str]:
     """URL of a database on a running server from which test databases are created."""
@@ -117,7 +136,8 @@ def postgres_admin_url() -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    if os.environ.get("PACS_NODE_TEST_POSTGRES") != "throwaway" and _answers("127.0.0.1", 5432):
+    if (os.environ.get("PACS_NODE_TEST_POSTGRES") != "throwaway"
+            and _answers("127.0.0.1", 5432) and _accepts(DEFAULT_ADMIN_URL)):
         yield DEFAULT_ADMIN_URL
         return
     server = _start_throwaway_postgres()
@@ -151,7 +171,7 @@ def make_postgres_database(postgres_admin_url: str) -> Iterator[Callable[[], str
 
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_TEST_DBS = (13, 14, 15)
+REDIS_TEST_DBS = (15, 14, 13, 12, 11, 10, 9, 8)
 
 
 @pytest.fixture(scope="session")
@@ -172,32 +192,68 @@ def redis_server() -> Iterator[tuple[str, int]]:
         yield "127.0.0.1", port
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
 
 
-def _flush(host: str, port: int, db: int) -> None:
+REDIS_CLAIM_KEY = "pacs-node-tests:claim"  # expires: held while a test uses the database
+REDIS_MARK_KEY = "pacs-node-tests:used"  # stays: the keys beside it are test leftovers
+REDIS_CLAIM_SECONDS = 3600
+
+
+def _delete_test_keys(client: Any, token: str) -> None:
+    """Delete what a test left in a database it claimed (never FLUSHDB), then the claim."""
+    for key in client.scan_iter(count=500):
+        if key != REDIS_CLAIM_KEY.encode():
+            client.delete(key)
+    if client.get(REDIS_CLAIM_KEY) == token.encode():
+        client.delete(REDIS_CLAIM_KEY)
+
+
+def _claim_redis_db(host: str, port: int, token: str) -> Any:
+    """A client on a database no one else uses: empty, or holding only our marked leftovers.
+
+    The claim is a SET NX key, so concurrent test sessions on one server never share a
+    database; a database holding anyone else's keys is left alone.
+    """
     import redis
 
-    client = redis.Redis(host=host, port=port, db=db)
-    client.flushdb()
-    client.close()
+    for db in REDIS_TEST_DBS:
+        client = redis.Redis(host=host, port=port, db=db)
+        try:
+            claimed = client.set(REDIS_CLAIM_KEY, token, nx=True, ex=REDIS_CLAIM_SECONDS)
+        except redis.ResponseError:  # a server configured with fewer databases
+            client.close()
+            continue
+        if claimed and (client.dbsize() == 1 or client.exists(REDIS_MARK_KEY)):
+            _delete_test_keys(client, "")  # leftovers of an interrupted test session
+            client.set(REDIS_MARK_KEY, "1")
+            return client
+        if claimed:  # someone else's keys: give the database back untouched
+            client.delete(REDIS_CLAIM_KEY)
+        client.close()
+    pytest.fail(f"no free Redis database among {REDIS_TEST_DBS} on {host}:{port}")
 
 
 @pytest.fixture
 def redis_url_factory(redis_server: tuple[str, int]) -> Iterator[Callable[[], str]]:
-    """Factory of Redis URLs on test-only databases, emptied before and after."""
+    """Factory of Redis URLs on databases this test claimed; only test keys are deleted."""
     host, port = redis_server
-    used: list[int] = []
+    token = secrets.token_hex(8)
+    claimed: list[Any] = []
 
     def make() -> str:
-        db = REDIS_TEST_DBS[len(used)]
-        _flush(host, port, db)
-        used.append(db)
-        return f"redis://{host}:{port}/{db}"
+        client = _claim_redis_db(host, port, token)
+        claimed.append(client)
+        return f"redis://{host}:{port}/{client.connection_pool.connection_kwargs['db']}"
 
     yield make
-    for db in used:
-        _flush(host, port, db)
+    for client in claimed:
+        _delete_test_keys(client, token)
+        client.close()
 
 
 @pytest.fixture
