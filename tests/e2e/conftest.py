@@ -1,13 +1,16 @@
 """Real peers for end-to-end tests: the node as a process, Orthanc as the PACS, dcmtk.
 
 Every process a test starts runs on free loopback ports with its own temporary config and
-is stopped by PID. Waits are conditions with deadlines, never bare sleeps.
+is stopped by PID, also when its start fails or the test forgets it. Waits are conditions
+with deadlines, never bare sleeps. After each test, the logs of every node it made must
+name no patient of the test data.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,7 +20,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.dicom_checks import dciodvfy_errors as dciodvfy_errors  # used by the e2e tests
+
 REPO = Path(__file__).resolve().parents[2]
 PACS_NODE = str(Path(sys.executable).with_name("pacs-node"))
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+# What the running test started (cleared and checked by `_stop_and_check_after_each_test`).
+_STARTED: list[subprocess.Popen[bytes]] = []
+_NODES: list[NodeProcess] = []
 
 
 def require(tool: str) -> str:
@@ -71,13 +79,6 @@ def storescu(port: int, files: list[Path], *, called: str = "PACSNODE",
                           capture_output=True, text=True, timeout=300, env=env)
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    out = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True,
-                         timeout=120)
-    return [line for line in (out.stdout + out.stderr).splitlines()
-            if line.startswith("Error")]
-
-
 # -- Orthanc ---------------------------------------------------------------------------
 
 
@@ -119,6 +120,15 @@ class Orthanc:
         ) as response:
             return response.read()
 
+    def put_modality(self, name: str, aet: str, port: int) -> None:
+        """Declare a DICOM peer on loopback (e.g. the node, to send studies back to it)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/modalities/{name}",
+            data=json.dumps({"AET": aet, "Host": "127.0.0.1", "Port": port}).encode(),
+            headers={"Content-Type": "application/json"}, method="PUT")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+
     def get_post(self, path: str, payload: dict[str, Any]) -> Any:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(payload).encode(),
@@ -142,11 +152,16 @@ def start_orthanc(workdir: Path, dicom_port: int | None = None) -> Orthanc:
         "Plugins": [str(DICOMWEB_PLUGIN)], "StableAge": 2, "HttpTimeout": 30,
     }
     (workdir / "orthanc.json").write_text(json.dumps(config))
-    log = (workdir / "orthanc.log").open("wb")
-    orthanc.process = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=log,
-                                       stderr=subprocess.STDOUT,
-                                       env={**os.environ, "TCP_NODELAY": "1"})
-    wait_for(orthanc.alive, timeout=60, what="Orthanc to answer on HTTP")
+    with (workdir / "orthanc.log").open("wb") as log:
+        orthanc.process = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=log,
+                                           stderr=subprocess.STDOUT,
+                                           env={**os.environ, "TCP_NODELAY": "1"})
+    _STARTED.append(orthanc.process)
+    try:
+        wait_for(orthanc.alive, timeout=60, what="Orthanc to answer on HTTP")
+    except BaseException:
+        stop_process(orthanc.process)
+        raise
     return orthanc
 
 
@@ -186,20 +201,27 @@ class NodeProcess:
 
     def start(self, *, with_worker: bool = False) -> None:
         self.starts += 1
-        log = (self.workdir / f"node-{self.starts}.log").open("wb")
         env = {**os.environ, **self.env}
-        self.process = subprocess.Popen([PACS_NODE, "serve", "--config", str(self.config)],
-                                        cwd=self.workdir, stdout=log,
-                                        stderr=subprocess.STDOUT, env=env)
-        if with_worker:
-            wlog = (self.workdir / f"worker-{self.starts}.log").open("wb")
-            self.worker = subprocess.Popen([PACS_NODE, "worker", "--config", str(self.config)],
-                                           cwd=self.workdir, stdout=wlog,
-                                           stderr=subprocess.STDOUT, env=env)
-        wait_for(lambda: self.process.poll() is not None or echo(self.port), timeout=90,
-                 what="the node to answer C-ECHO", interval=0.3)
-        if self.process.poll() is not None:
-            raise AssertionError(f"node exited: {self.log()}")
+        try:
+            with (self.workdir / f"node-{self.starts}.log").open("wb") as log:
+                self.process = subprocess.Popen(
+                    [PACS_NODE, "serve", "--config", str(self.config)], cwd=self.workdir,
+                    stdout=log, stderr=subprocess.STDOUT, env=env)
+            _STARTED.append(self.process)
+            if with_worker:
+                with (self.workdir / f"worker-{self.starts}.log").open("wb") as wlog:
+                    self.worker = subprocess.Popen(
+                        [PACS_NODE, "worker", "--config", str(self.config)], cwd=self.workdir,
+                        stdout=wlog, stderr=subprocess.STDOUT, env=env)
+                _STARTED.append(self.worker)
+            process = self.process
+            wait_for(lambda: process.poll() is not None or echo(self.port), timeout=90,
+                     what="the node to answer C-ECHO", interval=0.3)
+            if process.poll() is not None:
+                raise AssertionError(f"node exited: {self.log()}")
+        except BaseException:  # a node that did not come up is stopped, worker included
+            self.stop()
+            raise
 
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-4000:]
@@ -238,7 +260,9 @@ def make_node(workdir: Path, *, destinations: list[dict[str, Any]] | None = None
         settings.setdefault(section, {}).update(values)
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(settings))
-    return NodeProcess(workdir, config, port, settings)
+    node = NodeProcess(workdir, config, port, settings)
+    _NODES.append(node)
+    return node
 
 
 def unique_name(prefix: str) -> str:
@@ -312,3 +336,68 @@ def two_view_study_files(root: Path, *, size: int) -> list[Path]:
     for entry in read_manifest(root):
         by_study.setdefault(entry["study_instance_uid"], []).append(root / entry["path"])
     return next(files for files in by_study.values() if len(files) == 2)
+
+
+# -- no patient data in the logs, nothing left running ---------------------------------
+
+MIN_PATIENT_VALUE = 4  # shorter values (a given name such as JAN) would match other text
+# The pydicom-data films the e2e tests send (as they are, or as copies with new UIDs).
+TEST_FILMS = ("RG1_UNCR.dcm", "RG3_UNCR.dcm")
+_PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate")
+
+
+def patient_values(paths: Iterable[Path]) -> set[str]:
+    """Patient Name (whole and each component), Patient ID and Birth Date (also as
+    YYYY-MM-DD) of the DICOM files among ``paths``, without values under 4 characters."""
+    import pydicom
+
+    values: set[str] = set()
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PATIENT_TAGS)
+        except Exception:  # not DICOM, or a staging file cut short by a kill
+            continue
+        name = str(ds.get("PatientName", "") or "")
+        birth = str(ds.get("PatientBirthDate", "") or "").strip()
+        values.update([name, *re.split(r"[\^=]", name), str(ds.get("PatientID", "") or ""),
+                       birth])
+        if len(birth) == 8:
+            values.add(f"{birth[:4]}-{birth[4:6]}-{birth[6:]}")
+    return {v.strip() for v in values if len(v.strip()) >= MIN_PATIENT_VALUE}
+
+
+def test_data_patient_values(node: NodeProcess) -> set[str]:
+    """The patients of the test data: the pydicom-data films and whatever reached the node's
+    store (the synthetic studies of models.synth, the films, their results)."""
+    from pydicom.data import get_testdata_file
+
+    store = Path(node.settings["storage"]["root"])
+    stored = [p for p in store.rglob("*") if p.is_file()] if store.is_dir() else []
+    return patient_values([*(Path(get_testdata_file(n)) for n in TEST_FILMS), *stored])
+
+
+def assert_no_patient_data_in_logs(node: NodeProcess) -> None:
+    """No patient name, ID or birth date of the test data appears in the node's logs (the
+    `serve` and `worker` processes of every start)."""
+    patterns = {v: re.compile(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])")
+                for v in test_data_patient_values(node)}
+    found = [f"{log.name}: {value!r}" for log in sorted(node.workdir.glob("*.log"))
+             for value, pattern in sorted(patterns.items())
+             if pattern.search(log.read_text(errors="replace"))]
+    assert not found, f"patient data in the node's logs: {found}"
+
+
+@pytest.fixture(autouse=True)
+def _stop_and_check_after_each_test() -> Iterator[None]:
+    """After each test: stop by PID whatever it left running, then check the logs of every
+    node it made for patient data."""
+    _STARTED.clear()
+    _NODES.clear()
+    yield
+    for process in reversed(_STARTED):
+        stop_process(process)
+    nodes = list(_NODES)
+    _STARTED.clear()
+    _NODES.clear()
+    for node in nodes:
+        assert_no_patient_data_in_logs(node)
