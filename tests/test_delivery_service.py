@@ -235,7 +235,8 @@ def rle_sc() -> bytes:
     study = StudyResult(0.8, True, "max", 0.5, {"WRIST": 0.8},
                         [ViewResult(source, prediction, "WRIST")], [])
     algorithm = AlgorithmInfo(name="t", version="1", notice="test", synthetic_demo=True)
-    (sc,) = build_secondary_captures(study, algorithm, job_key="job-delivery")
+    (sc,) = build_secondary_captures(study, algorithm, job_key="job-delivery",
+                                     transfer_syntax_uid=RLELossless)
     assert sc.file_meta.TransferSyntaxUID == RLELossless
     buffer = io.BytesIO()
     sc.save_as(buffer, enforce_file_format=True)
