@@ -187,7 +187,7 @@ def test_acknowledged_instances_survive_kill_during_concurrent_stores(tmp_path: 
         listed = _job(node, study_uid)  # as `pacs-node studies` shows it
         assert listed is not None and listed["job_state"] == "done", listed
         print(f"job done {time.monotonic() - restarted:.1f} s after the restart: "
-              f"{listed['instances']} instances in the study")
+              f"{listed['images']} images in the study")
         (summary,) = index_rows(node, "SELECT summary FROM results WHERE job_id = ?",
                                 (job_id,))
         analysed = {uid for model in json.loads(summary[0])["models"].values()

@@ -149,7 +149,7 @@ def test_pushed_studies_come_back_as_sr_and_sc(
         # The synthetic hip/wrist study is inside scope and domain: analysed, every view.
         synthetic = listing[str(pydicom.dcmread(two_view_study[0],
                                                 stop_before_pixels=True).StudyInstanceUID)]
-        assert synthetic["result"] == "analysed", synthetic
+        assert synthetic["result"] in ("positive", "negative"), synthetic
         assert 0.0 <= synthetic["fracture_probability"] <= 1.0
         assert (synthetic["views_analysed"], synthetic["views_total"]) == (2, 2)
     finally:
