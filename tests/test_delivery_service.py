@@ -23,6 +23,7 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
     SecondaryCaptureImageStorage,
@@ -218,9 +219,8 @@ def _cr(sop: int = 1) -> bytes:
     return encoded_instance(meta(study=7, series=1, sop=sop))
 
 
-@pytest.fixture(scope="module")
-def rle_sc() -> bytes:
-    """A Secondary Capture the node produced: RGB, RLE Lossless, 512 px wide."""
+def _sc(syntax: str) -> bytes:
+    """A Secondary Capture the node produced (RGB, 512 px wide), encoded in ``syntax``."""
     source = pydicom.dcmread(io.BytesIO(encoded_instance(meta(study=8, rows=96, columns=64))))
     rows, cols = 96, 64
     yy, xx = np.mgrid[0:rows, 0:cols]
@@ -236,11 +236,16 @@ def rle_sc() -> bytes:
                         [ViewResult(source, prediction, "WRIST")], [])
     algorithm = AlgorithmInfo(name="t", version="1", notice="test", synthetic_demo=True)
     (sc,) = build_secondary_captures(study, algorithm, job_key="job-delivery",
-                                     transfer_syntax_uid=RLELossless)
-    assert sc.file_meta.TransferSyntaxUID == RLELossless
+                                     transfer_syntax_uid=syntax)
+    assert sc.file_meta.TransferSyntaxUID == syntax
     buffer = io.BytesIO()
     sc.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def rle_sc() -> bytes:
+    return _sc(RLELossless)
 
 
 def _between(value: datetime, before: datetime, after: datetime, delay: float) -> bool:
@@ -382,3 +387,20 @@ def test_an_object_the_receiver_takes_in_no_offered_syntax_fails_alone(
     row = node.export(sc_export)
     assert (row.state, row.attempts) == (ExportState.PENDING, 1)
     assert "presentation context" in (row.last_error or "")
+
+
+def test_a_jpeg2000_overlay_reaches_a_receiver_that_takes_only_explicit_vr_little_endian(
+    node: Node, receivers: list[Receiver], deliver: list[DeliveryService]
+) -> None:
+    """The node's default overlay encoding (JPEG 2000 Lossless) is decompressed, same SOP
+    Instance UID, same decoded pixels, for a receiver that accepts nothing compressed."""
+    data = _sc(JPEG2000Lossless)
+    receiver = _start(receivers, syntaxes=[ExplicitVRLittleEndian])
+    (export_id,) = node.add(data, ["pacs"])
+    assert _service(deliver, node, [receiver.destination()]).deliver_once() == 1
+    assert node.export(export_id).state == ExportState.SENT
+    ((syntax, got),) = receiver.received
+    stored = pydicom.dcmread(io.BytesIO(data))
+    assert syntax == ExplicitVRLittleEndian
+    assert got.SOPInstanceUID == stored.SOPInstanceUID
+    assert np.array_equal(got.pixel_array, stored.pixel_array)
