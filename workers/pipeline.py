@@ -296,7 +296,7 @@ class StudyPipeline:
         with self.sessions() as session:
             rows = [(i.relpath, i.sop_class_uid) for i in InstanceRepository(session)
                     .current_results(study_uid, except_job=job_id)]
-        headers = []
+        headers: list[pydicom.Dataset] = []
         for relpath, sop_class in rows:
             if sop_class == _KOS_CLASS:
                 continue
@@ -386,8 +386,9 @@ class StudyPipeline:
             study = StudyRepository(session).get_by_id(result.study_id)
             assert study is not None
             old = instances.supersede_results(study.study_instance_uid, except_job=job_id)
-            exports.cancel_pending([i.id for i in old],
-                                   error=f"superseded by the result of job {job_id}")
+            # An earlier rejection note still goes out: it withdraws what came before it.
+            replaced = [i.id for i in old if i.sop_class_uid != _KOS_CLASS]
+            exports.cancel_pending(replaced, error=f"superseded by the result of job {job_id}")
             for meta, file in results:
                 index_staged(session, self.store, file, meta, overwrite=True,
                              source=InstanceSource.PRODUCED, job_id=job_id)
@@ -396,7 +397,7 @@ class StudyPipeline:
                     exports.add(row.id, destinations)
             if with_rejection:
                 # Only where the superseded results went: elsewhere there is nothing to hide.
-                sent = exports.sent_destinations([i.id for i in old])
+                sent = exports.sent_destinations(replaced)
                 targets = [d for d in self.options.withdraw_destinations if d in sent]
                 if targets:
                     meta, file = staged[-1]
