@@ -118,6 +118,14 @@ def not_analysed_reason(reasons: Sequence[str]) -> str:
     return "; ".join(distinct) or "no radiograph (CR/DX) to analyse"
 
 
+def _view_state(view: ViewResult, threshold: float) -> str:
+    """``positive``, ``negative`` or ``not_analysed``: the words of the SR and the table."""
+    p = view.prediction.fracture_probability
+    if p is None:
+        return "not_analysed"
+    return "positive" if p >= threshold else "negative"
+
+
 class ModelCache:
     """Loaded models by reference (``"demo"`` or a checkpoint path), loaded once."""
 
@@ -472,6 +480,9 @@ class StudyPipeline:
                 "not_analysed": {v.sop_instance_uid: v.prediction.not_analysed_reason
                                  for v in result.views if not v.analysed},
                 "domain": {v.sop_instance_uid: v.prediction.domain.to_dict()
+                           for v in result.views},
+                # Each view in the node's vocabulary, at the study threshold.
+                "states": {v.sop_instance_uid: _view_state(v, result.threshold)
                            for v in result.views},
             }
         return {

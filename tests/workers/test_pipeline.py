@@ -114,6 +114,9 @@ def test_pipeline_writes_sr_and_scs_and_queues_exports(
     assert {e.destination for e in exports} == {"pacs"} and len(exports) == len(produced)
     assert [s["sop_instance_uid"] for s in summary["skipped"]] == ["1.2.826.0.1.3680043.99.1"]
     assert "cannot decode" in summary["skipped"][0]["reason"]
+    (model,) = summary["models"].values()
+    assert set(model["states"].values()) <= {"positive", "negative"}
+    assert set(model["states"]) == {m.sop_instance_uid for m in metas}
 
     sr = next(i for i in produced if i.sop_class_uid == SR_CLASS)
     sr_ds = pydicom.dcmread(store.path_of(sr.relpath))
