@@ -645,3 +645,14 @@ def test_results_of_every_synthetic_body_part_variant_pass_dciodvfy(tmp_path: Pa
             errors = dciodvfy_errors(path)
             assert errors == [], (path, str(datasets[0].get("BodyPartExamined")), errors)
     assert len(seen_parts) >= 4
+
+
+def test_building_results_never_changes_the_source() -> None:
+    """The writers copy the source's attributes: a result's UIDs are its own."""
+    from workers.results._common import evidence_header
+
+    source = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    before = source.StudyInstanceUID, source.SeriesInstanceUID
+    header = evidence_header(source)
+    header.StudyInstanceUID = header.SeriesInstanceUID = "1.2.3"
+    assert (source.StudyInstanceUID, source.SeriesInstanceUID) == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pydicom.dataset import Dataset
 
 from ._codes import PROCESSING_ALGORITHM
@@ -16,12 +18,13 @@ _TYPE2 = (
 
 
 def evidence_header(ds: Dataset) -> Dataset:
-    """The source's attributes without its pixels, with absent Type 2 Patient / Study
-    attributes present and empty (some modalities leave them out; highdicom needs them)."""
+    """A copy of the source's attributes without its pixels, with absent Type 2 Patient /
+    Study attributes present and empty (some modalities leave them out; highdicom needs them)."""
     header = Dataset()
     for element in ds:
         if element.tag not in _PIXEL_TAGS:
-            header.add(element)
+            # A copy: the result must never share (and so change) the source's elements.
+            header.add(copy.deepcopy(element))
     for keyword in _TYPE2:
         if keyword not in header:
             setattr(header, keyword, None)
