@@ -18,7 +18,13 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import FileStore, create_engine_for, migrate, session_factory
+from storage import (
+    FileStore,
+    create_engine_for,
+    keep_values_out_of_logs,
+    migrate,
+    session_factory,
+)
 from workers.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
 from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 
@@ -110,6 +116,7 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
+        keep_values_out_of_logs()
         _check_port_free(s.node.dimse_host, s.node.dimse_port, "node.dimse_port")
         self.storage = storage = open_storage(s)
         if self.embedded:

@@ -26,6 +26,7 @@ from .errors import (
 from .filestore import FileStore, StagedFile, StoredFile
 from .ingest import index_staged, ingest
 from .meta import InstanceMeta, StoreOutcome
+from .redact import keep_values_out_of_logs
 from .repositories import (
     INSTANCE_MATCHING_KEYS,
     SERIES_MATCHING_KEYS,
@@ -78,6 +79,7 @@ __all__ = [
     "Job",
     "JobRepository",
     "index_staged",
+    "keep_values_out_of_logs",
     "JobState",
     "ResultState",
     "NotFound",

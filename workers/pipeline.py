@@ -26,6 +26,8 @@ import io
 import logging
 import re
 import threading
+import traceback
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ from storage import (
     StagedFile,
     StudyRepository,
     index_staged,
+    keep_values_out_of_logs,
     run_write,
 )
 
@@ -68,6 +71,19 @@ __all__ = ["JobFailed", "ModelCache", "PipelineOptions", "StudyPipeline", "not_a
            "reported_findings"]
 
 log = logging.getLogger(__name__)
+
+
+class _GroupFailed(Exception):
+    """Every view routed to one model failed; they are listed as failed views."""
+
+
+def _failure_text(exc: BaseException) -> str:
+    """What a failed run records: the exception type and where it was raised, without its
+    message (which may quote patient data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" in {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" \
+        if frames else ""
+    return f"{type(exc).__name__}{where}"
 
 
 class JobFailed(RuntimeError):
@@ -216,6 +232,7 @@ class StudyPipeline:
         self.sessions = sessions
         self.options = options
         self.models = models
+        keep_values_out_of_logs()
 
     def run(self, job_id: int) -> str:
         """Process job ``job_id``; returns ``"done"``, ``"skipped"`` (not claimable: done,
@@ -232,8 +249,11 @@ class StudyPipeline:
             with _Heartbeat(self.sessions, job_id, attempt, self.options.lease_seconds):
                 return self._process(job_id, attempt, study_uid)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
-            message = f"{type(exc).__name__}: {exc}"
-            log.exception("job %s failed on attempt %s", job_id, attempt)
+            message = _failure_text(exc)
+            # The exception's text can quote data element values (a patient name, a date):
+            # the log and the job row get its type and where it was raised, never its text.
+            log.error("job %s failed on attempt %s: %s\n%s", job_id, attempt, message,
+                      "".join(traceback.format_tb(exc.__traceback__)).rstrip())
 
             def fail(s: Session) -> bool:
                 job = JobRepository(s).fail(job_id, message, retry=True, attempt=attempt)
@@ -326,14 +346,27 @@ class StudyPipeline:
             if not group.views:
                 continue
             model = self.models.get(ref)
-            result = self._study_result(model, group, skipped)
+            try:
+                result = self._study_result(model, group, skipped)
+            except _GroupFailed:
+                continue  # every view of this model failed: listed in skipped
             algorithm = AlgorithmInfo.from_model(model)
             job_key = f"pacs-node:{study_uid}:job-{job_id}:{index}"
-            outputs.append(build_sr(result, algorithm, job_key=job_key,
-                                    series_number=9001 + 2 * index,
-                                    previous_versions=previous_srs))
-            outputs.extend(build_secondary_captures(result, algorithm, job_key=job_key,
-                                                    series_number=9002 + 2 * index))
+
+            def overlay_failed(view: ViewResult, exc: Exception) -> None:
+                log.warning("job %s: no overlay for view %s (%s)", job_id,
+                            view.sop_instance_uid, type(exc).__name__)
+
+            # Library warnings quote the values they dislike (patient names, dates): they
+            # must not reach the log; the writers repair or drop such values themselves.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outputs.append(build_sr(result, algorithm, job_key=job_key,
+                                        series_number=9001 + 2 * index,
+                                        previous_versions=previous_srs))
+                outputs.extend(build_secondary_captures(
+                    result, algorithm, job_key=job_key, series_number=9002 + 2 * index,
+                    on_error=overlay_failed))
             studies.append((f"{model.metadata.name} {model.metadata.version}", result))
         rejection = None
         if previous and self.options.withdraw_destinations:
@@ -428,10 +461,11 @@ class StudyPipeline:
 
     def _study_result(self, model: FractureModel, group: _Group,
                       skipped: list[SkippedView]) -> StudyResult:
-        """Predict every view of ``group`` and aggregate the analysed ones."""
-        predictions = model.predict([p for _, _, p in group.views],
-                                    batch_size=self.options.batch_size,
-                                    allow_uncalibrated=self.options.allow_uncalibrated)
+        """Predict every view of ``group`` and aggregate the analysed ones. A view the model
+        fails on is taken out (``failed``, in ``skipped``); the others go on."""
+        predictions = self._predict_isolated(model, group, skipped)
+        if not group.views:
+            raise _GroupFailed
         predictions = reported_findings(predictions, self.options.threshold,
                                         self.options.max_findings)
         views = [ViewResult(source=ds, prediction=pred, site=site_of(header))
@@ -452,6 +486,32 @@ class StudyPipeline:
             fracture_probability=agg.probability, positive=agg.positive, aggregation=agg.method,
             threshold=agg.threshold, site_probabilities={s.site: s.probability for s in agg.sites},
             views=views, skipped=list(skipped))
+
+    def _predict_isolated(self, model: FractureModel, group: _Group,
+                          skipped: list[SkippedView]) -> list[ViewPrediction]:
+        """Predict the group's views as one batch; if that raises, view by view, moving
+        the views that still raise from ``group`` to ``skipped`` as ``failed``."""
+        def predict(views: list[PreparedView]) -> list[ViewPrediction]:
+            return model.predict(views, batch_size=self.options.batch_size,
+                                 allow_uncalibrated=self.options.allow_uncalibrated)
+
+        try:
+            return predict([p for _, _, p in group.views])
+        except Exception:  # noqa: BLE001 - find the view that fails; the others go on
+            log.warning("model %s failed on a batch of %d views; trying them one by one",
+                        model.metadata.name, len(group.views))
+        kept, predictions = [], []
+        for item in group.views:
+            try:
+                predictions.extend(predict([item[2]]))
+                kept.append(item)
+            except Exception as exc:  # noqa: BLE001 - reported as the view's result
+                log.warning("view %s: model failed (%s)", item[0].sop_instance_uid,
+                            type(exc).__name__)
+                skipped.append(SkippedView(item[0].sop_instance_uid,
+                                           f"failed: the model raised {type(exc).__name__}"))
+        group.views[:] = kept
+        return predictions
 
     def _learned_aggregate(self, model: FractureModel, group: _Group,
                            views: list[ViewResult]) -> StudyAggregate:

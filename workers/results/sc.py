@@ -16,6 +16,8 @@ that does not accept the stored syntax.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pydicom
 from highdicom import PatientOrientationValuesBiped
 from highdicom.sc import SCImage
@@ -23,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from . import _codes as c
-from ._common import contributing_algorithm, evidence_header, series_description
+from ._common import contributing_algorithm, series_description, tolerant_header
 from .overlay import BANNER_TEXT, BANNER_WARN, display_image, render_overlay, resize_view
 from .sr import as_percent
 from .types import AlgorithmInfo, StudyResult, ViewResult
@@ -138,8 +140,9 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
     # told apart, so it counts as paired.
     unpaired = str(source.get("BodyPartExamined", "") or "") in UNPAIRED_BODY_PARTS
     needs_laterality = not source.get("ImageLaterality") and not unpaired
+    header, out_of_spec = tolerant_header(source)
     sc = SCImage.from_ref_dataset(
-        ref_dataset=evidence_header(source),
+        ref_dataset=header,
         pixel_array=pixels,
         photometric_interpretation=SC_TRANSFER_SYNTAXES[syntax],
         bits_allocated=8,
@@ -180,8 +183,11 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
     reference.PurposeOfReferenceCodeSequence = [purpose]
     sc.SourceImageSequence = [reference]
     notice = algorithm.notice or ""
+    repaired = ("Source attributes out of spec, repaired or left empty: "
+                + ", ".join(out_of_spec) + ".") if out_of_spec else ""
     sc.ImageComments = " ".join(
-        part for part in ("Machine-generated result, not reviewed by a physician.", notice) if part
+        part for part in ("Machine-generated result, not reviewed by a physician.", notice,
+                          repaired) if part
     )[:10240]
     sc.ContributingEquipmentSequence.append(contributing_algorithm(algorithm))
     set_implementation(sc.file_meta)
@@ -196,19 +202,26 @@ def build_secondary_captures(
     series_number: int = 9002,
     max_size: int = 2048,
     transfer_syntax_uid: str = JPEG2000Lossless,
+    on_error: Callable[[ViewResult, Exception], None] | None = None,
 ) -> list[pydicom.Dataset]:
     """One Secondary Capture per view the model was given, in order, in one new series.
 
     Views larger than ``max_size`` on their longer side are scaled down (aspect kept).
     UIDs derive from ``job_key``. Pixels are encoded in ``transfer_syntax_uid``, one of
-    :data:`SC_TRANSFER_SYNTAXES`. Raises ``ValueError`` on another syntax and
-    :class:`~models.preprocess.PreprocessError` when a view's pixels cannot be decoded.
+    :data:`SC_TRANSFER_SYNTAXES`. Raises ``ValueError`` on another syntax. A view whose
+    overlay cannot be built (its pixels cannot be decoded...) raises, or, with
+    ``on_error``, is reported to it and left out: one bad view never costs the others.
     """
     if transfer_syntax_uid not in SC_TRANSFER_SYNTAXES:
         raise ValueError(f"transfer_syntax_uid must be one of {sorted(SC_TRANSFER_SYNTAXES)}, "
                          f"got {transfer_syntax_uid!r}")
-    return [
-        _build_one(i, view, study, algorithm, job_key, series_number, max_size,
-                   transfer_syntax_uid)
-        for i, view in enumerate(study.views, start=1)
-    ]
+    out: list[pydicom.Dataset] = []
+    for i, view in enumerate(study.views, start=1):
+        try:
+            out.append(_build_one(i, view, study, algorithm, job_key, series_number, max_size,
+                                  transfer_syntax_uid))
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(view, exc)
+    return out

@@ -83,7 +83,12 @@ from pydicom.sr.codedict import codes
 from models.registry import Finding
 
 from . import _codes as c
-from ._common import contributing_algorithm, evidence_header, series_description
+from ._common import (
+    contributing_algorithm,
+    evidence_header,
+    series_description,
+    tolerant_header,
+)
 from .types import AlgorithmInfo, StudyResult, ViewResult
 from .uids import algorithm_device_uid, result_uid, set_implementation
 
@@ -316,6 +321,10 @@ def _comments(study: StudyResult, algorithm: AlgorithmInfo) -> ContainerContentI
         f"View not analysed: SOP Instance UID {s.sop_instance_uid}: {s.reason or 'no reason given'}"
         for s in study.skipped
     ]
+    out_of_spec = sorted({k for v in study.views for k in tolerant_header(v.source)[1]})
+    if out_of_spec:
+        texts.append("Source attributes out of spec, repaired or left empty in this report: "
+                     + ", ".join(out_of_spec) + ".")
     container = ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
     )
