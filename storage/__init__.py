@@ -14,6 +14,7 @@ Errors subclass :class:`StorageError` and carry their DIMSE and HTTP status.
 """
 
 from ._db import run_write
+from .encoding import EncodingSummary, check_encoding
 from .engine import begin_write, create_engine_for, migrate, session_factory
 from .errors import (
     InvalidInstance,
@@ -64,6 +65,7 @@ __all__ = [
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",
     "Base",
+    "EncodingSummary",
     "Export",
     "ExportRepository",
     "ExportState",
@@ -78,6 +80,7 @@ __all__ = [
     "InvalidUID",
     "Job",
     "JobRepository",
+    "check_encoding",
     "index_staged",
     "keep_values_out_of_logs",
     "JobState",

@@ -22,6 +22,7 @@ from storage import (
     InvalidInstance,
     StorageError,
     StoreOutcome,
+    check_encoding,
     ingest,
     validate_uid,
 )
@@ -111,6 +112,13 @@ def _receive(event: Event) -> _Received:
         raise _Mismatch(f"data set has SOP Class {meta.sop_class_uid} / Instance "
                         f"{meta.sop_instance_uid}, command has {command_class} / "
                         f"{command_instance}")
+    negotiated = str(event.context.abstract_syntax)
+    if meta.sop_class_uid != negotiated:
+        raise _Mismatch(f"data set has SOP Class {meta.sop_class_uid}, the presentation "
+                        f"context was negotiated for {negotiated}")
+    # Success only for a complete, well-formed data set (every length within the data,
+    # sequences closed, pixels all there, the codestream's own header agreeing).
+    check_encoding(data, transfer_syntax)
     return _Received(data, size, meta)
 
 
