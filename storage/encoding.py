@@ -22,6 +22,7 @@ It reads bytes only (no pixel decoding): cheap next to writing the file.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,17 +232,32 @@ def check_encoding(source: bytes | Path, transfer_syntax_uid: str) -> EncodingSu
         InvalidInstance: the bytes are not a complete, well-formed data set (the message
             says where and why; it quotes no value).
     """
-    raw = source.read_bytes() if isinstance(source, Path) else source
-    data = memoryview(raw)
     if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
         return EncodingSummary()  # compressed as a whole; pydicom inflates and checks it
+    if isinstance(source, Path):
+        # Mapped, not read: a large file costs page cache, not process memory.
+        with source.open("rb") as file:
+            if source.stat().st_size == 0:
+                raise InvalidInstance("empty data set")
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    return _check(view, transfer_syntax_uid)
+                finally:
+                    view.release()
+    return _check(memoryview(source), transfer_syntax_uid)
+
+
+def _check(data: memoryview, transfer_syntax_uid: str) -> EncodingSummary:
     walker = _Walker(data, implicit=transfer_syntax_uid == ImplicitVRLittleEndian,
                      little=transfer_syntax_uid != ExplicitVRBigEndian)
     try:
         walker.walk(_start_of_data_set(data), None, 0, top=True)
+        _check_pixels(walker.summary, data, transfer_syntax_uid)
     except struct.error:
         raise InvalidInstance("malformed data set: cut short") from None
-    _check_pixels(walker.summary, data, transfer_syntax_uid)
+    finally:
+        walker.data = memoryview(b"")  # no view of a mapping outlives it
     return walker.summary
 
 
