@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -28,7 +35,9 @@ __all__ = [
     "ConfigError",
     "DeliverySettings",
     "Destination",
+    "DestinationTls",
     "NodeSettings",
+    "NodeTls",
     "PipelineSettings",
     "QueueSettings",
     "RouteRule",
@@ -58,6 +67,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NodeTls(_Section):
+    """``node.tls``: a second DICOM listener that speaks only TLS (DICOM PS3.15 B.1)."""
+
+    enabled: bool = False
+    port: int = Field(2762, ge=1, le=65535)  # 2762: the IANA port of DICOM over TLS
+    certificate: Path | None = None  # PEM: the node's certificate (then any intermediates)
+    key: Path | None = None  # PEM, unencrypted: its private key
+    # PEM CA certificates: when set, a client must present a certificate issued by one of
+    # them (and valid today); when empty, clients are not asked for a certificate.
+    ca_bundle: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # false: dimse_port is not opened, every association comes over TLS
+    plain_listener: bool = True
+
+    @model_validator(mode="after")
+    def _check_files(self) -> NodeTls:
+        if self.enabled and (self.certificate is None or self.key is None):
+            raise ValueError("node.tls.certificate and node.tls.key are required when "
+                             "node.tls.enabled is true")
+        if not self.plain_listener and not self.enabled:
+            raise ValueError("node.tls.plain_listener: false needs node.tls.enabled: true "
+                             "(otherwise nothing listens)")
+        return self
+
+
 class NodeSettings(_Section):
     ae_title: str = "PACSNODE"
     dimse_host: str = "127.0.0.1"
@@ -68,6 +102,7 @@ class NodeSettings(_Section):
     max_associations: int = Field(16, ge=1, le=1000)
     max_pdu_bytes: int = Field(131072, ge=4096, le=4 * 1024 * 1024)
     overwrite_conflicting_duplicates: bool = False
+    tls: NodeTls = Field(default_factory=NodeTls)
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -76,10 +111,20 @@ class NodeSettings(_Section):
     def _check_allowed(cls, values: list[str]) -> list[str]:
         return [_ae_title(v) for v in values]
 
+    @model_validator(mode="after")
+    def _check_tls_port(self) -> NodeSettings:
+        if self.tls.enabled and self.tls.plain_listener and self.tls.port == self.dimse_port:
+            raise ValueError(f"node.tls.port {self.tls.port} must differ from "
+                             "node.dimse_port (the plain listener)")
+        return self
+
 
 class StorageSettings(_Section):
     root: Path = Path("./var/store")
     database_url: str = "sqlite:///./var/index.db"
+    # Largest image (Rows x Columns x Frames x Samples) the node decodes; a larger view is
+    # "not analysed: too large". 64 Mi pixels: four 4096 x 4096 frames, well above a CR.
+    max_pixels: int = Field(64 * 1024 * 1024, ge=1024)
 
 
 class QueueSettings(_Section):
@@ -122,6 +167,23 @@ class PipelineSettings(_Section):
     allow_uncalibrated: bool = False
 
 
+class DestinationTls(_Section):
+    """``destinations[].tls``: send to this destination over TLS."""
+
+    enabled: bool = False
+    # PEM CA certificates that sign the destination's certificate (empty: the system's);
+    # its certificate must name the destination's ``host`` (DNS or IP subjectAltName).
+    ca_bundle: Path | None = None
+    certificate: Path | None = None  # PEM: ours, for a destination that asks for one
+    key: Path | None = None  # PEM, unencrypted
+
+    @model_validator(mode="after")
+    def _check_pair(self) -> DestinationTls:
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("tls.certificate and tls.key are given together or not at all")
+        return self
+
+
 class Destination(_Section):
     name: str
     ae_title: str
@@ -131,6 +193,7 @@ class Destination(_Section):
     # (Key Object Selection, "Rejected for Quality Reasons") naming the old SR and
     # overlays; "none" relies on the new SR's Predecessor Documents Sequence alone.
     withdraw: Literal["none", "iocm"] = "none"
+    tls: DestinationTls = Field(default_factory=DestinationTls)
 
     _check_ae = field_validator("ae_title")(_ae_title)
 

@@ -28,9 +28,10 @@ from storage import (
 from workers.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
 from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .delivery import DeliveryService
 from .dimse import DimseServer
+from .tls import destination_contexts, server_context
 from .tracker import StudyTracker
 
 __all__ = ["Node", "NodeStartError", "Storage", "open_storage", "pipeline_factory"]
@@ -75,6 +76,7 @@ def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], Study
             threshold=settings.pipeline.threshold,
             max_findings=settings.pipeline.max_findings,
             allow_uncalibrated=settings.pipeline.allow_uncalibrated,
+            max_pixels=settings.storage.max_pixels,
             destinations=tuple(d.name for d in settings.destinations),
             withdraw_destinations=tuple(d.name for d in settings.destinations
                                         if d.withdraw == "iocm"),
@@ -99,7 +101,8 @@ def _check_port_free(host: str, port: int, what: str) -> None:
 
 
 class Node:
-    """A running node: DIMSE listener, study tracker, job runner (embedded) and delivery."""
+    """A running node: DIMSE listeners (plain and/or TLS), study tracker, job runner
+    (embedded) and delivery."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -107,7 +110,8 @@ class Node:
         self.dispatcher: Dispatcher | None = None
         self._local: LocalDispatcher | None = None
         self.tracker: StudyTracker | None = None
-        self.dimse: DimseServer | None = None
+        self.dimse: DimseServer | None = None  # the plain listener (dimse_port)
+        self.dimse_tls: DimseServer | None = None  # the TLS listener (node.tls.port)
         self.delivery: DeliveryService | None = None
 
     @property
@@ -117,7 +121,16 @@ class Node:
     def start(self) -> None:
         s = self.settings
         keep_values_out_of_logs()
-        _check_port_free(s.node.dimse_host, s.node.dimse_port, "node.dimse_port")
+        tls = s.node.tls
+        try:  # certificates and keys are read before anything starts
+            listener_tls = server_context(tls) if tls.enabled else None
+            sending_tls = destination_contexts(s.destinations)
+        except ConfigError as exc:
+            raise NodeStartError(str(exc)) from None
+        if tls.plain_listener:
+            _check_port_free(s.node.dimse_host, s.node.dimse_port, "node.dimse_port")
+        if listener_tls is not None:
+            _check_port_free(s.node.dimse_host, tls.port, "node.tls.port")
         self.storage = storage = open_storage(s)
         if self.embedded:
             self._local = LocalDispatcher(pipeline_factory(s, storage))
@@ -141,18 +154,29 @@ class Node:
             self.tracker.release_orphans()
         self.tracker.start()
         self.delivery = DeliveryService(storage.sessions, storage.store, s.destinations,
-                                        s.delivery, calling_ae=s.node.ae_title)
+                                        s.delivery, calling_ae=s.node.ae_title,
+                                        tls_contexts=sending_tls)
         self.delivery.start()
-        self.dimse = DimseServer(s.node, storage.store, storage.sessions,
-                                 on_stored=self.tracker.nudge)
-        self.dimse.start()
-        log.info("pacs-node %s listening for DICOM on %s:%d (%s queue)", s.node.ae_title,
-                 s.node.dimse_host, s.node.dimse_port,
+        ports = []
+        if tls.plain_listener:
+            self.dimse = DimseServer(s.node, storage.store, storage.sessions,
+                                     on_stored=self.tracker.nudge)
+            self.dimse.start()
+            ports.append(str(s.node.dimse_port))
+        if listener_tls is not None:
+            self.dimse_tls = DimseServer(s.node, storage.store, storage.sessions,
+                                         on_stored=self.tracker.nudge,
+                                         ssl_context=listener_tls)
+            self.dimse_tls.start()
+            ports.append(f"{tls.port} (TLS)")
+        log.info("pacs-node %s listening for DICOM on %s port %s (%s queue)",
+                 s.node.ae_title, s.node.dimse_host, " and ".join(ports),
                  "embedded" if self.embedded else "celery")
 
     def stop(self) -> None:
-        if self.dimse is not None:
-            self.dimse.stop()
+        for listener in (self.dimse, self.dimse_tls):
+            if listener is not None:
+                listener.stop()
         if self.tracker is not None:
             self.tracker.stop()
         if self._local is not None:

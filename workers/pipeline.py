@@ -106,6 +106,9 @@ class PipelineOptions:
     withdraw_destinations: tuple[str, ...] = ()
     lease_seconds: float = 30.0
     batch_size: int = 8
+    # Views with more pixels (Rows x Columns x Frames x Samples) are "not analysed: too
+    # large" and never decoded (storage.max_pixels).
+    max_pixels: int = 64 * 1024 * 1024
     # A model without domain calibration is refused ("not analysable") unless this is set;
     # then every view counts as inside its domain (pipeline.allow_uncalibrated).
     allow_uncalibrated: bool = False
@@ -132,6 +135,24 @@ def not_analysed_reason(reasons: Sequence[str]) -> str:
     if len(distinct) > 1:
         distinct = list(dict.fromkeys(_SCORE_DETAIL.sub("", r) for r in distinct))
     return "; ".join(distinct) or "no radiograph (CR/DX) to analyse"
+
+
+def _too_large(header: pydicom.Dataset, max_pixels: int) -> str:
+    """Why a view is too large to decode (its header's geometry over ``max_pixels``; the
+    ingest check made sure the codestream agrees), or ``""``."""
+    def number(keyword: str, default: int) -> int:
+        try:
+            return max(default, int(header.get(keyword) or default))
+        except (TypeError, ValueError):
+            return default
+
+    rows, cols = number("Rows", 0), number("Columns", 0)
+    frames, samples = number("NumberOfFrames", 1), number("SamplesPerPixel", 1)
+    pixels = rows * cols * frames * samples
+    if pixels <= max_pixels:
+        return ""
+    return (f"too large: {cols} x {rows} x {frames} frame(s) x {samples} sample(s) = "
+            f"{pixels} pixels, over storage.max_pixels {max_pixels}")
 
 
 def _view_state(view: ViewResult, threshold: float) -> str:
@@ -308,11 +329,15 @@ class StudyPipeline:
                     skipped.append(SkippedView(item.sop_instance_uid, routing.reason))
                 continue
             group = groups.setdefault(route.model, _Group(route))
+            too_large = _too_large(header, self.options.max_pixels)
+            if too_large:
+                skipped.append(SkippedView(item.sop_instance_uid, too_large))
+                continue
             try:
                 ds = pydicom.dcmread(self.store.path_of(item.relpath))
                 prepared = self.models.get(route.model).prepare(ds)
             except Exception as exc:  # noqa: BLE001 - a bad view never fails the study
-                reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+                reason = str(exc)[:200] if isinstance(exc, ValueError) else type(exc).__name__
                 skipped.append(SkippedView(item.sop_instance_uid, f"cannot decode: {reason}"))
                 continue
             group.views.append((view, ds, prepared))

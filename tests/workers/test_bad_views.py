@@ -153,3 +153,32 @@ def test_a_failed_run_records_where_not_what(node_storage, checkpoint: Path, tmp
     with sessions() as session:
         error = session.get(Job, job_id).last_error or ""
     assert error.startswith("ValueError in ") and SECRET not in error
+
+
+def test_a_view_over_the_pixel_cap_is_not_analysed_and_never_decoded(
+        node_storage, checkpoint: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store, sessions = node_storage
+    files = _study_files(tmp_path)
+    for path in files:
+        ingest_file(store, sessions, path)
+    big = pydicom.dcmread(files[0], stop_before_pixels=True)
+    cap = int(big.Rows) * int(big.Columns) - 1  # every view of this study is over it
+    decoded: list[str] = []
+    original_prepare = FractureModel.prepare
+
+    def prepare(self, ds):
+        decoded.append(str(ds.SOPInstanceUID))
+        return original_prepare(self, ds)
+
+    monkeypatch.setattr(FractureModel, "prepare", prepare)
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),), max_pixels=cap)
+    pipeline = StudyPipeline(store, sessions, options, ModelCache(device="cpu"))
+    job_id = settle_job(sessions)
+    assert pipeline.run(job_id) == "done"
+    assert decoded == []
+    with sessions() as session:
+        result = JobRepository(session).result_for(job_id)
+    assert result is not None and result.fracture_probability is None
+    assert (result.reason or "").startswith("too large: ")
+    assert f"over storage.max_pixels {cap}" in (result.reason or "")
