@@ -14,9 +14,10 @@ the stored (compressed) syntax gets the object decompressed.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import ExportRepository, FileStore, Instance, run_write
 
 from .config import DeliverySettings, Destination
+from .tls import destination_contexts
 
 __all__ = ["DeliveryService", "backoff_seconds"]
 
@@ -58,14 +60,26 @@ class _Item:
 
 
 class DeliveryService:
-    """Sends pending exports; one thread polls, a bounded pool sends."""
+    """Sends pending exports; one thread polls, a bounded pool sends.
+
+    A destination with ``tls.enabled`` is sent to over TLS with ``tls_contexts[name]``
+    (built from the destinations when not given: see
+    :func:`pacs_node.tls.destination_contexts`, which raises ``ConfigError``).
+    """
 
     def __init__(self, sessions: sessionmaker[Session], store: FileStore,
                  destinations: Sequence[Destination], settings: DeliverySettings, *,
-                 calling_ae: str, poll_seconds: float = 1.0) -> None:
+                 calling_ae: str, poll_seconds: float = 1.0,
+                 tls_contexts: Mapping[str, ssl.SSLContext] | None = None) -> None:
         self.sessions = sessions
         self.store = store
         self.destinations = {d.name: d for d in destinations}
+        self.tls_contexts = dict(tls_contexts if tls_contexts is not None
+                                 else destination_contexts(destinations))
+        missing = [d.name for d in destinations
+                   if d.tls.enabled and d.name not in self.tls_contexts]
+        if missing:
+            raise ValueError(f"tls_contexts has no context for destinations {missing}")
         self.settings = settings
         self.calling_ae = calling_ae
         self.poll_seconds = poll_seconds
@@ -113,6 +127,7 @@ class DeliveryService:
         dest = self.destinations[name]
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.connection_timeout = 30  # also bounds the TLS handshake
         # One syntax per presentation context, so the destination accepts or rejects each.
         contexts = dict.fromkeys(
             (sop_class, syntax)
@@ -122,7 +137,9 @@ class DeliveryService:
         for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, [syntax])
         outcomes: dict[int, str | None] = {}
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        context = self.tls_contexts.get(name) if dest.tls.enabled else None
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                             tls_args=(context, dest.host) if context else None)
         if not assoc.is_established:
             error = "association rejected or destination unreachable"
             outcomes = {i.export_id: error for i in items}

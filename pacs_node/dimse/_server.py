@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -129,11 +130,15 @@ class DimseServer:
         on_stored: called with the Study Instance UID after an instance with new content
             is durably stored and indexed (from the association's thread; exceptions are
             logged and ignored).
+        ssl_context: makes this the TLS listener: it listens on ``settings.tls.port``
+            instead of ``dimse_port`` and every connection is wrapped in it (see
+            :func:`pacs_node.tls.server_context`).
     """
 
     def __init__(self, settings: NodeSettings, store: FileStore,
                  sessions: sessionmaker[Session], *,
-                 on_stored: Callable[[str], None] | None = None) -> None:
+                 on_stored: Callable[[str], None] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if not isinstance(settings, NodeSettings):
             raise TypeError(f"settings must be NodeSettings, got {type(settings).__name__}")
         if not isinstance(store, FileStore):
@@ -142,7 +147,11 @@ class DimseServer:
             raise TypeError(f"sessions must be a sessionmaker, got {type(sessions).__name__}")
         if on_stored is not None and not callable(on_stored):
             raise TypeError(f"on_stored must be callable, got {type(on_stored).__name__}")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, got "
+                            f"{type(ssl_context).__name__}")
         self.settings = settings
+        self._ssl_context = ssl_context
         self._store_context = StoreContext(
             store=store, sessions=sessions,
             overwrite_conflicts=settings.overwrite_conflicting_duplicates, on_stored=on_stored)
@@ -188,11 +197,14 @@ class DimseServer:
                 (evt.EVT_ABORTED, _on_aborted),
                 (evt.EVT_CONN_CLOSE, _on_connection_closed),
             ]
-            address = (self.settings.dimse_host, self.settings.dimse_port)
+            port = self.settings.tls.port if self._ssl_context else self.settings.dimse_port
+            address = (self.settings.dimse_host, port)
             server = self._build_ae().start_server(address, block=False,
-                                                   evt_handlers=handlers)
+                                                   evt_handlers=handlers,
+                                                   ssl_context=self._ssl_context)
             self._server = server
-        log.info("DIMSE server %r listening on %s:%d", self.settings.ae_title, *self.address)
+        log.info("DIMSE server %r listening on %s:%d%s", self.settings.ae_title, *self.address,
+                 " (TLS)" if self._ssl_context else "")
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Stop listening, abort open associations and wait up to ``timeout`` seconds for
