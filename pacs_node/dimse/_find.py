@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
+from pydicom.filereader import read_dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import InvalidUID, QueryRepository, StorageError, StudyMatch, validate_uid
+from storage import (
+    InvalidInstance,
+    InvalidUID,
+    QueryRepository,
+    StorageError,
+    StudyMatch,
+    check_encoding,
+    validate_uid,
+)
 
 from ._status import FindStatus
 
@@ -41,6 +55,12 @@ _UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
 _PATIENT_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 _NOT_FILTERS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
 _UTF8 = "ISO_IR 192"
+# Control characters in a value (PS3.5 6.1.2.3, 6.2): the default repertoire has none but
+# ESC (ISO 2022 code extensions); LT, ST and UT add TAB, LF, FF and CR. A NUL inside a
+# wildcard value cut SQLite's LIKE pattern short ("*\0Nobody" became "%": every study).
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+_TEXT_VRS = frozenset({"LT", "ST", "UT"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,58 @@ class FindContext:
 
 class _BadIdentifier(Exception):
     """The identifier does not describe a query of the information model."""
+
+
+def _identifier(event: Event) -> dict[str, DataElement]:
+    """Every element of the received identifier, decoded, by keyword.
+
+    pydicom reads leniently: a value shorter than its declared length, a data set cut
+    inside an element header, an unclosed sequence and everything after a stray item
+    delimiter are dropped without a word, and the query would run with fewer keys (a cut
+    PatientName: every study). So the raw bytes must walk completely in the negotiated
+    transfer syntax (:func:`storage.check_encoding`) and pydicom's read must end at the
+    last byte; then every element is decoded.
+
+    Raises:
+        InvalidInstance: the identifier is not one complete data set.
+    """
+    raw = getattr(event.request, "Identifier", None)  # a BytesIO of the received bytes
+    data = raw.getvalue() if raw is not None else b""
+    syntax = UID(str(event.context.transfer_syntax))
+    if syntax.is_deflated:  # never negotiated for C-FIND (UNCOMPRESSED_TRANSFER_SYNTAXES)
+        raise InvalidInstance("a deflated identifier is not accepted")
+    check_encoding(data, syntax)
+    stream = BytesIO(data)
+    dataset = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian)
+    if stream.tell() != len(data):
+        raise InvalidInstance(f"malformed data set: reading stopped at byte {stream.tell()} "
+                              f"of {len(data)}")
+    return {elem.keyword: elem for elem in dataset if elem.keyword}
+
+
+def _check_values(elements: Mapping[str, DataElement]) -> None:
+    """Refuse a control character in a value (trailing NUL and space padding aside).
+
+    The status is 0xA900, as for any unusable value: the identifier decoded, but a value
+    breaks its VR's character repertoire, like a StudyDate that is not a date; 0xC000 is
+    kept for identifiers that cannot be decoded at all. Sequence items are not matched
+    (no sequence matching here) and are not looked at.
+    """
+    for keyword, elem in elements.items():
+        if elem.VR == "SQ":
+            continue
+        value = elem.value
+        if isinstance(value, MultiValue | list):
+            text = "\\".join(str(v) for v in value if isinstance(v, str | PersonName))
+        elif isinstance(value, str | PersonName):
+            text = str(value)
+        else:
+            continue
+        pattern = _CONTROL_IN_TEXT if elem.VR in _TEXT_VRS else _CONTROL
+        found = pattern.search(text.rstrip(" \x00"))
+        if found is not None:
+            raise _BadIdentifier(f"{keyword} holds control character "
+                                 f"0x{ord(found.group()):02X}")
 
 
 @dataclass
@@ -181,7 +253,12 @@ def handle_find(event: Event, context: FindContext) -> Iterator[tuple[int, Datas
     calling_ae = _calling_ae(event)
     model = str(event.request.AffectedSOPClassUID or "")
     try:
-        elements = {elem.keyword: elem for elem in event.identifier if elem.keyword}
+        elements = _identifier(event)
+    except InvalidInstance as exc:  # its message says where, and quotes no value
+        log.warning("C-FIND from %r refused: the identifier is incomplete or malformed (%s)",
+                    calling_ae, exc)
+        yield int(FindStatus.UNABLE_TO_PROCESS), None
+        return
     except Exception as exc:
         log.warning("C-FIND from %r refused: cannot decode the identifier (%s)", calling_ae,
                     type(exc).__name__)
@@ -190,6 +267,7 @@ def handle_find(event: Event, context: FindContext) -> Iterator[tuple[int, Datas
     try:
         if model not in FIND_MODELS:
             raise _BadIdentifier(f"information model {model[:64]!r} is not supported")
+        _check_values(elements)
         query = _parse(elements, model)
         matches = _matches(query, context.sessions)
     except _BadIdentifier as exc:

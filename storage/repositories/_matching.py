@@ -15,16 +15,29 @@ from ..uids import validate_uid
 _ESCAPE = "!"
 _DATE = re.compile(r"[0-9]{8}")
 _TIME = re.compile(r"[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,6})?)?)?")
+# No control character but ESC (ISO 2022) in a matched value: SQLite ends a LIKE pattern
+# at a NUL ("*\0Nobody" matched every row), and none belongs in a matched VR (PS3.5 6.2).
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
 Column = ColumnElement[Any] | ColumnClause[Any] | Any
 
 
 def text_of(value: object) -> str:
-    """A query value as one string: ``None`` is empty, a multi-value joins with ``\\``."""
+    """A query value as one string: ``None`` is empty, a multi-value joins with ``\\``;
+    trailing NUL and space padding and leading spaces are dropped.
+
+    Raises:
+        InvalidQuery: a control character (ESC aside) is left in the value.
+    """
     if value is None:
         return ""
     if isinstance(value, list | tuple | MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip(" \x00")
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value).rstrip(" \x00").lstrip(" ")
+    found = _CONTROL.search(text)
+    if found is not None:  # the value itself stays out of the message (patient data)
+        raise InvalidQuery(f"a query value holds control character 0x{ord(found.group()):02X}")
+    return text
 
 
 def _universal(value: str) -> bool:
