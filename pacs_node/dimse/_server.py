@@ -20,6 +20,7 @@ from storage import FileStore
 
 from ..config import NodeSettings
 from ._find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindContext, handle_find
+from ._guard import guard_request
 from ._store import StoreContext, handle_store
 
 __all__ = ["STORE_TRANSFER_SYNTAXES", "UNCOMPRESSED_TRANSFER_SYNTAXES", "DimseServer"]
@@ -108,6 +109,10 @@ def _quiet_patient_data() -> None:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    # pynetdicom's standard DIMSE log handlers run first on every message and raise on a
+    # command set without a Message ID, which stops the other EVT_DIMSE_RECV handlers,
+    # ours (_guard.guard_request) among them; the node logs each request itself.
+    _config.LOG_HANDLER_LEVEL = "none"
 
 
 class DimseServer:
@@ -191,6 +196,7 @@ class DimseServer:
             handlers: list[Any] = [
                 (evt.EVT_C_STORE, handle_store, [self._store_context]),
                 (evt.EVT_C_FIND, handle_find, [self._find_context]),
+                (evt.EVT_DIMSE_RECV, guard_request),
                 (evt.EVT_ACCEPTED, _on_accepted),
                 (evt.EVT_REJECTED, _on_rejected),
                 (evt.EVT_RELEASED, _on_released),
