@@ -21,8 +21,11 @@ from storage import FileStore
 from ..config import NodeSettings
 from ._find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindContext, handle_find
 from ._guard import guard_request
+from ._pdu_guard import install_pdu_guard
 from ._store import StoreContext, handle_store
 
+#: Seconds a new connection has to complete its association request.
+ACSE_TIMEOUT_S = 5.0
 __all__ = ["STORE_TRANSFER_SYNTAXES", "UNCOMPRESSED_TRANSFER_SYNTAXES", "DimseServer"]
 
 log = logging.getLogger(__name__)
@@ -171,6 +174,9 @@ class DimseServer:
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_associations = settings.max_associations
         ae.maximum_pdu_size = settings.max_pdu_bytes
+        # A connection must send its A-ASSOCIATE-RQ within this time (pynetdicom waits 30 s,
+        # holding one of max_associations for a peer that says nothing).
+        ae.acse_timeout = ACSE_TIMEOUT_S
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aes)
         ae.add_supported_context(Verification, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
@@ -193,6 +199,7 @@ class DimseServer:
             if self._server is not None:
                 raise RuntimeError("the DIMSE server is already running")
             _quiet_patient_data()
+            install_pdu_guard()  # PDU length and stalls bounded on receive
             handlers: list[Any] = [
                 (evt.EVT_C_STORE, handle_store, [self._store_context]),
                 (evt.EVT_C_FIND, handle_find, [self._find_context]),
