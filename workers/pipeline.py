@@ -572,7 +572,9 @@ class StudyPipeline:
             }
         return {
             "models": dict(models),
-            "skipped": [{"sop_instance_uid": s.sop_instance_uid, "reason": s.reason}
+            # Views no model judged: "failed" (the model raised on it) or "not_analysed".
+            "skipped": [{"sop_instance_uid": s.sop_instance_uid, "reason": s.reason,
+                         "state": "failed" if s.reason.startswith("failed") else "not_analysed"}
                         for s in skipped],
             "produced": produced,
             "note": "no view reached a model" if not studies else "",

@@ -96,6 +96,8 @@ def test_a_view_the_model_fails_on_is_listed_and_the_good_view_gets_its_result(
     assert "failed: the model raised RuntimeError" in (result.reason or "")
     (model,) = result.summary["models"].values()
     assert set(model["states"]) == {str(good_ds.SOPInstanceUID)}
+    assert [(s["sop_instance_uid"], s["state"]) for s in result.summary["skipped"]] == [
+        (bad_uid, "failed")]
     sr_row = next(i for i in produced if i.sop_class_uid == SR_CLASS)
     sr = pydicom.dcmread(store.path_of(sr_row.relpath))
     comments = _texts(sr)
