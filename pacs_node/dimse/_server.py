@@ -21,6 +21,7 @@ from storage import FileStore
 from ..config import NodeSettings
 from ._find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindContext, handle_find
 from ._guard import guard_request
+from ._logfilter import PEER_EVENT, install_network_log_filter
 from ._pdu_guard import install_pdu_guard
 from ._store import StoreContext, handle_store
 
@@ -60,7 +61,7 @@ def _peer(event: Event) -> str:
 
 
 def _on_accepted(event: Event) -> None:
-    log.info("association accepted from %s", _peer(event))
+    log.info("association accepted from %s", _peer(event), extra=PEER_EVENT)
 
 
 def _on_rejected(event: Event) -> None:
@@ -80,15 +81,15 @@ def _on_rejected(event: Event) -> None:
     except Exception:
         pass
     log.warning("association rejected from %s (called AE %s): %s", _peer(event), called,
-                reason)
+                reason, extra=PEER_EVENT)
 
 
 def _on_released(event: Event) -> None:
-    log.info("association released by %s", _peer(event))
+    log.info("association released by %s", _peer(event), extra=PEER_EVENT)
 
 
 def _on_aborted(event: Event) -> None:
-    log.info("association aborted with %s", _peer(event))
+    log.info("association aborted with %s", _peer(event), extra=PEER_EVENT)
 
 
 def _on_connection_closed(event: Event) -> None:
@@ -200,6 +201,7 @@ class DimseServer:
                 raise RuntimeError("the DIMSE server is already running")
             _quiet_patient_data()
             install_pdu_guard()  # PDU length and stalls bounded on receive
+            install_network_log_filter()  # resets, aborts, garbage: one line, capped per peer
             handlers: list[Any] = [
                 (evt.EVT_C_STORE, handle_store, [self._store_context]),
                 (evt.EVT_C_FIND, handle_find, [self._find_context]),
