@@ -146,7 +146,12 @@ def _draw_findings(img: np.ndarray, findings: Sequence[Finding]) -> None:
         point = (round(f.point[0]), round(f.point[1]))
         cv2.drawMarker(img, point, _OUTLINE, cv2.MARKER_CROSS, marker, thickness + 2, cv2.LINE_AA)
         cv2.drawMarker(img, point, _BOX, cv2.MARKER_CROSS, marker, thickness, cv2.LINE_AA)
-        _draw_label(img, f"{f.score:.2f}", anchor, fallback_top, scale)
+        # The evidence score in percent, as the SR writes it; never 0 or 100 % for a score
+        # strictly between (the SR's rule, at whole percents here).
+        percent = round(100 * f.score)
+        if 0.0 < f.score < 1.0:
+            percent = min(max(percent, 1), 99)
+        _draw_label(img, f"{percent}%", anchor, fallback_top, scale)
 
 
 def _ascii(text: str) -> str:

@@ -80,7 +80,8 @@ def banner_lines(study: StudyResult, view: ViewResult, algorithm: AlgorithmInfo
         state = "POSITIVE" if p >= study.threshold else "NEGATIVE"
         this_view = (f"THIS VIEW{site}: {state} ({as_percent(p):.1f} %), {n} candidate "
                      f"region{'s' if n != 1 else ''}", BANNER_TEXT)
-    parameters = (f"  [{study.aggregation}, threshold {as_percent(study.threshold):g} %; "
+    # "50%" without a space: the banner wraps at spaces, and a lone "%" reads badly.
+    parameters = (f"  [{study.aggregation}, threshold {as_percent(study.threshold):g}%; "
                   f"{analysed}]" if study.analysed else f"  [{analysed}]")
     lines = [
         (f"STUDY: {study_verdict(study)}{parameters}",
