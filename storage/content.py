@@ -30,6 +30,21 @@ _ENCODING_TAGS = frozenset({
 })
 
 
+#: Images larger than this (Rows x Columns x Frames x Samples) are not decoded to be
+#: compared: a peer must not make the node decode a huge image twice by re-sending it.
+MAX_COMPARED_PIXELS = 64 * 1024 * 1024
+
+
+def _pixels(ds: Dataset) -> int:
+    count = 1
+    for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
+        try:
+            count *= max(1, int(ds.get(keyword) or 1))
+        except (TypeError, ValueError):
+            pass
+    return count
+
+
 def _load(source: Path | bytes) -> Dataset:
     stream: Any = BytesIO(source) if isinstance(source, bytes | bytearray) else source
     return dcmread(stream, force=False)
@@ -76,6 +91,8 @@ def same_content(first: Path | bytes, second: Path | bytes) -> bool:
             # A colour image stored as YCbCr in one syntax and RGB in the other has other
             # values for the same picture; not worth the risk: not the same.
             return False
+        if _pixels(a) > MAX_COMPARED_PIXELS:
+            return False  # not decoded for a comparison: kept as a conflict
         return bool(np.array_equal(a.pixel_array, b.pixel_array))
     except Exception as exc:  # noqa: BLE001 - anything undecodable is "not the same"
         log.debug("content comparison failed: %s", type(exc).__name__)
