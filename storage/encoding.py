@@ -51,6 +51,14 @@ _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _GEOMETRY = {0x00280010: "Rows", 0x00280011: "Columns", 0x00280002: "SamplesPerPixel",
              0x00280100: "BitsAllocated", 0x00280008: "NumberOfFrames"}
+#: JPEG (baseline, extended, lossless) and JPEG-LS: SOI, then a SOF/SOF55 with the geometry.
+_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                            "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+                            "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
+#: JPEG 2000 and High-Throughput JPEG 2000: SOC then SIZ.
+_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+                           "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+                           "1.2.840.10008.1.2.4.203"})
 _MAX_DEPTH = 32  # nested sequences; deeper is a bomb, not a radiograph
 
 
@@ -302,7 +310,7 @@ def _check_pixels(summary: EncodingSummary, data: memoryview, syntax: str) -> No
 def _codestream_geometry(header: bytes, syntax: str) -> tuple[int, int, int] | None:
     """(width, height, components) from the first fragment's own header, where the
     syntax has one the node can read; None otherwise (or for JPEG's height 0: DNL)."""
-    if syntax.startswith("1.2.840.10008.1.2.4.9") or syntax.startswith("1.2.840.10008.1.2.4.20"):
+    if syntax in _J2K_SYNTAXES:
         at = header.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (possibly inside a JP2 box)
         if at < 0 or len(header) < at + 4 + 38:
             raise InvalidInstance("JPEG 2000 fragment without a SIZ marker")
@@ -317,7 +325,7 @@ def _codestream_geometry(header: bytes, syntax: str) -> tuple[int, int, int] | N
         if not 1 <= segments <= 15:
             raise InvalidInstance(f"RLE header declares {segments} segments")
         return None
-    if syntax.startswith("1.2.840.10008.1.2.4."):  # JPEG family and JPEG-LS
+    if syntax in _JPEG_SYNTAXES:  # JPEG family and JPEG-LS (not MPEG/HEVC video)
         if not header.startswith(b"\xff\xd8"):
             raise InvalidInstance("JPEG fragment without SOI")
         pos = 2
