@@ -104,8 +104,10 @@ class _Walker:
                 raise self.fail("element header cut short", pos)
             tag = self.tag(pos)
             if tag == _ITEM_END:
-                if end is not None:
-                    raise self.fail("item delimiter in an item of defined length", pos)
+                if end is not None or top:
+                    # At the top level pydicom stops reading there: what follows would be
+                    # stored unseen.
+                    raise self.fail("item delimiter outside an item", pos)
                 return pos + 8
             if tag in (_ITEM, _SEQ_END):
                 raise self.fail(f"unexpected delimiter ({tag:08X})", pos)

@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 #: identity token fit many times over.
 MAX_CONTROL_PDU = 1 << 20
 #: A PDU whose body does not arrive within this many seconds closes the connection.
-STALL_SECONDS = 15.0
+STALL_SECONDS = 10.0
 _P_DATA_TF = 0x04
 _DEFAULT_MAX_PDU = 16 * 1024 * 1024  # a peer that advertised "unlimited" (0)
+_CLOSED = "_pacs_node_guard_closed"
 _lock = threading.Lock()
 _installed = False
 
@@ -58,6 +59,8 @@ def _limit(provider: Any, pdu_type: int) -> int:
 def _guarded(original: Any) -> Any:
     @functools.wraps(original)
     def read_pdu_data(self: Any) -> None:
+        if getattr(self, _CLOSED, False):
+            return None  # closed by the guard: nothing more is read from this peer
         raw = getattr(getattr(self, "socket", None), "socket", None)
         previous = raw.gettimeout() if isinstance(raw, socket.socket) else None
         if isinstance(raw, socket.socket) and not isinstance(raw, ssl.SSLSocket):
@@ -68,6 +71,8 @@ def _guarded(original: Any) -> Any:
             except TimeoutError:
                 log.warning("closing the connection of %s: a PDU header stalled for %.0f s",
                             _peer(self), STALL_SECONDS)
+                _close(raw)
+                setattr(self, _CLOSED, True)
                 self.event_queue.put("Evt17")  # transport closed
                 return None
             except OSError:
@@ -78,10 +83,12 @@ def _guarded(original: Any) -> Any:
                 pdu_type, _, length = struct.unpack(">BBL", header)
                 limit = _limit(self, pdu_type)
                 if length > limit:
-                    log.warning("aborting the association with %s: PDU type 0x%02X declares "
+                    log.warning("closing the connection of %s: PDU type 0x%02X declares "
                                 "%d bytes, over the %d this node accepts",
                                 _peer(self), pdu_type, length, limit)
-                    self.event_queue.put("Evt19")  # invalid PDU: A-ABORT, nothing read
+                    _close(raw)  # nothing of it is read; the header must not be seen again
+                    setattr(self, _CLOSED, True)
+                    self.event_queue.put("Evt17")  # transport closed
                     return None
         if isinstance(raw, socket.socket):
             raw.settimeout(STALL_SECONDS)
@@ -95,6 +102,13 @@ def _guarded(original: Any) -> Any:
                     pass
 
     return read_pdu_data
+
+
+def _close(raw: socket.socket) -> None:
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _peer(provider: Any) -> str:
