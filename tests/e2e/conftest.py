@@ -401,3 +401,20 @@ def _stop_and_check_after_each_test() -> Iterator[None]:
     _NODES.clear()
     for node in nodes:
         assert_no_patient_data_in_logs(node)
+
+
+def rg3_copy(folder: Path) -> Path:
+    """RG3_UNCR (pydicom-data) with new Study/Series/SOP Instance UIDs: a fresh study."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
+    ds.StudyInstanceUID = generate_uid(prefix=None)
+    ds.SeriesInstanceUID = generate_uid(prefix=None)
+    ds.SOPInstanceUID = generate_uid(prefix=None)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -33,6 +33,7 @@ from .conftest import (
     index_rows,
     make_node,
     result_uids,
+    rg3_copy,
     storescu,
     wait_for,
 )
@@ -223,19 +224,6 @@ def test_acknowledged_instances_survive_kill_during_concurrent_stores(tmp_path: 
 # -- a job killed while running ----------------------------------------------------------
 
 
-def _rg3_copy(folder: Path) -> Path:
-    """RG3_UNCR with new Study/Series/SOP Instance UIDs (a fresh study for a retry)."""
-    ds = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
-    ds.StudyInstanceUID = generate_uid(prefix=None)
-    ds.SeriesInstanceUID = generate_uid(prefix=None)
-    ds.SOPInstanceUID = generate_uid(prefix=None)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_job_killed_while_running_completes_once_after_restart(
     orthanc: Orthanc, tmp_path: Path,
 ) -> None:
@@ -252,7 +240,7 @@ def test_job_killed_while_running_completes_once_after_restart(
         # race we cannot rule out), try again with a fresh copy of the study.
         for attempt in range(3):
             files = [Path(get_testdata_file("RG3_UNCR.dcm"))] if attempt == 0 else \
-                [_rg3_copy(tmp_path / f"copy-{attempt}")]
+                [rg3_copy(tmp_path / f"copy-{attempt}")]
             study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True)
                             .StudyInstanceUID)
             result = storescu(node.port, files)

@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 from sqlalchemy import text
 
 from storage import create_engine_for
@@ -32,6 +30,7 @@ from .conftest import (
     index_rows,
     make_node,
     result_uids,
+    rg3_copy,
     stop_process,
     storescu,
     wait_for,
@@ -41,18 +40,6 @@ from .conftest import (
 # the model on purpose so that every job runs inference.
 LEGS = {"pipeline": {"routes": [{"name": "legs", "model": "demo",
                                  "body_parts": ["EXTREMITY"]}]}}
-
-
-def _rg3_study(folder: Path, index: int) -> Path:
-    ds = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
-    ds.StudyInstanceUID = generate_uid(prefix=None)
-    ds.SeriesInstanceUID = generate_uid(prefix=None)
-    ds.SOPInstanceUID = generate_uid(prefix=None)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"study-{index}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _study_uid(path: Path) -> str:
@@ -69,7 +56,7 @@ def test_four_restarts_leave_no_failed_study(orthanc: Orthanc, tmp_path: Path) -
              "port": orthanc.dicom_port}]
     node = make_node(tmp_path / "node", destinations=dest, stable_seconds=1.0, extra=LEGS)
     rng = random.Random(11)
-    files = [_rg3_study(tmp_path / "films", i) for i in range(4)]
+    files = [rg3_copy(tmp_path / "films" / str(i)) for i in range(4)]
     node.start()
     try:
         for path in files:
@@ -131,7 +118,7 @@ def test_a_killed_celery_worker_is_noticed_and_its_study_delivered_within_a_minu
         for log in logs:
             wait_for(lambda log=log: log.exists() and "ready." in log.read_text(errors="replace"),
                      timeout=120, what=f"{log.name} to be ready", interval=0.5)
-        path = _rg3_study(tmp_path / "films", 0)
+        path = rg3_copy(tmp_path / "films")
         study_uid = _study_uid(path)
         assert storescu(node.port, [path]).returncode == 0
 
