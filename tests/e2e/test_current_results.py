@@ -116,6 +116,16 @@ def _find_series(port: int, study_uid: str) -> list[str]:
     return found
 
 
+def _send_back(orthanc: Orthanc, node, study_uid: str) -> None:
+    """Orthanc sends the whole study it holds, the node's results included, to the node
+    (a PACS that forwards whole studies), and returns once the sending is done."""
+    orthanc.put_modality("node", "PACSNODE", node.port)
+    (orthanc_study,) = orthanc.get_post("/tools/find", {
+        "Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
+    orthanc.get_post("/modalities/node/store", {"Resources": [orthanc_study],
+                                                "Synchronous": True})
+
+
 def _send_as_jpeg2000(port: int, path: Path) -> int:
     """Re-send a held image losslessly compressed (an archive forwarding its copy)."""
     ds = pydicom.dcmread(path)
@@ -202,11 +212,7 @@ def test_a_late_view_replaces_the_result_and_withdraws_the_old_one(
         assert _send_as_jpeg2000(node.port, two_view_study[0]) == 0x0000
         assert _study_state(node, study_uid) == "settled"
         # The whole study sent back by the PACS, the node's results included.
-        orthanc.put_modality("node", "PACSNODE", node.port)
-        (orthanc_study,) = orthanc.get_post("/tools/find", {
-            "Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
-        orthanc.get_post("/modalities/node/store", {"Resources": [orthanc_study],
-                                                    "Synchronous": True})
+        _send_back(orthanc, node, study_uid)
         assert _study_state(node, study_uid) == "settled"
         assert _counts(node) == (jobs_before, exports_before)
     finally:
@@ -224,11 +230,7 @@ def test_results_sent_back_with_overwrite_on_reopen_nothing(
         _wait_done(node, study_uid)
         _all_sent(node)
         before = _counts(node)
-        orthanc.put_modality("node", "PACSNODE", node.port)
-        (orthanc_study,) = orthanc.get_post("/tools/find", {
-            "Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
-        orthanc.get_post("/modalities/node/store", {"Resources": [orthanc_study],
-                                                    "Synchronous": True})
+        _send_back(orthanc, node, study_uid)
         assert _study_state(node, study_uid) == "settled"
         assert _counts(node) == before
         srs = _by_class(orthanc, study_uid)[SR_CLASS]
