@@ -100,6 +100,9 @@ class NodeSettings(_Section):
     http_port: int = Field(8080, ge=1, le=65535)
     allowed_calling_aes: list[str] = Field(default_factory=list)  # empty = any
     max_associations: int = Field(16, ge=1, le=1000)
+    # Connections open without an established association (negotiating, idle, or refused
+    # and not yet closed); one more is closed at once, unread.
+    max_pending_connections: int = Field(64, ge=1, le=10000)
     max_pdu_bytes: int = Field(131072, ge=4096, le=4 * 1024 * 1024)
     overwrite_conflicting_duplicates: bool = False
     tls: NodeTls = Field(default_factory=NodeTls)

@@ -14,6 +14,12 @@ advertised, or any other PDU longer than :data:`MAX_CONTROL_PDU`, is answered wi
 A-ABORT (pynetdicom's own "invalid PDU" path, Evt19) without reading it; and the body is
 read under a timeout of :data:`STALL_SECONDS`, after which the connection is closed
 (pynetdicom's Evt17 path). TLS sockets cannot be peeked; they get the timeout only.
+
+It also wraps ``DULServiceProvider._decode_pdu`` so that an association PDU must convert to
+its primitive while it is decoded: pynetdicom converts it later, inside its state machine,
+where a ValueError (an A-ASSOCIATE-RQ with presentation context ID 0 or an even ID) killed
+the DUL thread without an answer and held the connection until the ACSE timeout. Failing
+in decoding is pynetdicom's "invalid PDU" path instead: an A-ABORT, at once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ MAX_CONTROL_PDU = 1 << 20
 #: A PDU whose body does not arrive within this many seconds closes the connection.
 STALL_SECONDS = 10.0
 _P_DATA_TF = 0x04
+_ASSOCIATION_PDUS = frozenset({0x01, 0x02, 0x03})  # A-ASSOCIATE-RQ, -AC, -RJ
 _DEFAULT_MAX_PDU = 16 * 1024 * 1024  # a peer that advertised "unlimited" (0)
 _CLOSED = "_pacs_node_guard_closed"
 _lock = threading.Lock()
@@ -104,6 +111,17 @@ def _guarded(original: Any) -> Any:
     return read_pdu_data
 
 
+def _checked(original: Any) -> Any:
+    @functools.wraps(original)
+    def decode_pdu(self: Any, bytestream: bytearray) -> Any:
+        pdu, event = original(self, bytestream)
+        if bytestream[:1] and bytestream[0] in _ASSOCIATION_PDUS:
+            pdu.to_primitive()  # raises here, in the decoder's try, not in the FSM
+        return pdu, event
+
+    return decode_pdu
+
+
 def _close(raw: socket.socket) -> None:
     try:
         raw.shutdown(socket.SHUT_RDWR)
@@ -121,11 +139,13 @@ def _peer(provider: Any) -> str:
 
 
 def install_pdu_guard() -> None:
-    """Wrap pynetdicom's PDU reader once per process (idempotent, thread-safe)."""
+    """Wrap pynetdicom's PDU reader and decoder once per process (idempotent, thread-safe)."""
     global _installed
     with _lock:
         if _installed:
             return
         dul.DULServiceProvider._read_pdu_data = _guarded(  # type: ignore[method-assign]
             dul.DULServiceProvider._read_pdu_data)
+        dul.DULServiceProvider._decode_pdu = _checked(  # type: ignore[method-assign]
+            dul.DULServiceProvider._decode_pdu)
         _installed = True

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AllStoragePresentationContexts, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import FileStore
 
 from ..config import NodeSettings
+from ._assoc_guard import NodeAE, check_association_request, install_thread_guards
 from ._find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindContext, handle_find
 from ._guard import guard_request
 from ._logfilter import PEER_EVENT, install_network_log_filter
@@ -125,7 +126,9 @@ class DimseServer:
 
     Association policy from ``settings``: the called AE title must be ``ae_title``; the
     calling AE title must be in ``allowed_calling_aes`` (empty: any); at most
-    ``max_associations`` at once; ``max_pdu_bytes`` is the PDU size offered to peers.
+    ``max_associations`` established at once, and at most ``max_pending_connections``
+    connections still negotiating (see ``_assoc_guard``); ``max_pdu_bytes`` is the PDU
+    size offered to peers and the most one P-DATA PDU may carry.
 
     Starting it turns pynetdicom's identifier logging and pydicom's reading validation off
     for the process (both would log patient data). When
@@ -170,10 +173,10 @@ class DimseServer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def _build_ae(self) -> AE:
+    def _build_ae(self) -> NodeAE:
         settings = self.settings
-        ae = AE(ae_title=settings.ae_title)
-        ae.maximum_associations = settings.max_associations
+        ae = NodeAE(settings.ae_title, max_associations=settings.max_associations,
+                    max_pending=settings.max_pending_connections)
         ae.maximum_pdu_size = settings.max_pdu_bytes
         # A connection must send its A-ASSOCIATE-RQ within this time (pynetdicom waits 30 s,
         # holding one of max_associations for a peer that says nothing).
@@ -201,11 +204,13 @@ class DimseServer:
                 raise RuntimeError("the DIMSE server is already running")
             _quiet_patient_data()
             install_pdu_guard()  # PDU length and stalls bounded on receive
+            install_thread_guards()  # a failing pynetdicom thread aborts, never hangs
             install_network_log_filter()  # resets, aborts, garbage: one line, capped per peer
             handlers: list[Any] = [
                 (evt.EVT_C_STORE, handle_store, [self._store_context]),
                 (evt.EVT_C_FIND, handle_find, [self._find_context]),
                 (evt.EVT_DIMSE_RECV, guard_request),
+                (evt.EVT_REQUESTED, check_association_request),
                 (evt.EVT_ACCEPTED, _on_accepted),
                 (evt.EVT_REJECTED, _on_rejected),
                 (evt.EVT_RELEASED, _on_released),
