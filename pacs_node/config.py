@@ -7,6 +7,7 @@ at start with :class:`ConfigError`, whose message names the offending key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from contextvars import ContextVar
@@ -36,6 +37,7 @@ __all__ = [
     "DeliverySettings",
     "Destination",
     "DestinationTls",
+    "HttpSettings",
     "NodeSettings",
     "NodeTls",
     "PipelineSettings",
@@ -120,6 +122,27 @@ class NodeSettings(_Section):
             raise ValueError(f"node.tls.port {self.tls.port} must differ from "
                              "node.dimse_port (the plain listener)")
         return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class HttpSettings(_Section):
+    """``http``: the node's HTTP layer (DICOMweb under ``/dicomweb``, the API, OpenAPI at
+    ``/api/docs``) on ``node.http_host:node.http_port``."""
+
+    enabled: bool = True
+    # Origins (scheme://host:port) of web viewers allowed to call the node from a browser.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Serve HTTP on a non-loopback address without authentication (never in a hospital
+    # network: anyone who can reach the port reads every study).
+    allow_insecure: bool = False
 
 
 class StorageSettings(_Section):
@@ -222,6 +245,20 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     destinations: list[Destination] = Field(default_factory=list)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+    @model_validator(mode="after")
+    def _check_http_exposure(self) -> Settings:
+        # The lesson of Orthanc CVE-2025-0896: an open HTTP port on the network serves
+        # every patient's images to anyone who finds it.
+        if self.http.enabled and not _is_loopback(self.node.http_host) and \
+                not self.http.allow_insecure:
+            raise ValueError(f"node.http_host {self.node.http_host} is not a loopback "
+                             "address and HTTP has no authentication: the node would serve "
+                             "every study to anyone who can reach the port. Keep "
+                             "http_host on 127.0.0.1, or set http.allow_insecure: true to "
+                             "accept that risk")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -3,7 +3,7 @@
 Everything is built here, never at import: the index engine (migrated to the latest
 schema), the file store (left-over temp files removed), the model cache, the pipeline, the
 dispatcher (a local job thread on ``memory://``, Celery otherwise), the study tracker, the
-DIMSE listener and the delivery service.
+DIMSE listener, the HTTP server and the delivery service.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 from .config import ConfigError, Settings
 from .delivery import DeliveryService
 from .dimse import DimseServer
+from .http import HttpServer, create_app
 from .tls import destination_contexts, server_context
 from .tracker import StudyTracker
 
@@ -113,6 +114,7 @@ class Node:
         self.dimse: DimseServer | None = None  # the plain listener (dimse_port)
         self.dimse_tls: DimseServer | None = None  # the TLS listener (node.tls.port)
         self.delivery: DeliveryService | None = None
+        self.http: HttpServer | None = None
 
     @property
     def embedded(self) -> bool:
@@ -131,6 +133,8 @@ class Node:
             _check_port_free(s.node.dimse_host, s.node.dimse_port, "node.dimse_port")
         if listener_tls is not None:
             _check_port_free(s.node.dimse_host, tls.port, "node.tls.port")
+        if s.http.enabled:
+            _check_port_free(s.node.http_host, s.node.http_port, "node.http_port")
         self.storage = storage = open_storage(s)
         if self.embedded:
             self._local = LocalDispatcher(pipeline_factory(s, storage))
@@ -172,8 +176,19 @@ class Node:
         log.info("pacs-node %s listening for DICOM on %s port %s (%s queue)",
                  s.node.ae_title, s.node.dimse_host, " and ".join(ports),
                  "embedded" if self.embedded else "celery")
+        if s.http.enabled:
+            self.http = HttpServer(create_app(s, storage.sessions, storage.store),
+                                   s.node.http_host, s.node.http_port)
+            try:
+                self.http.start()
+            except RuntimeError as exc:
+                raise NodeStartError(f"node.http_port {s.node.http_port}: {exc}") from None
+            log.info("DICOMweb at http://%s:%d/dicomweb, API docs at /api/docs",
+                     s.node.http_host, s.node.http_port)
 
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
         for listener in (self.dimse, self.dimse_tls):
             if listener is not None:
                 listener.stop()

@@ -30,6 +30,8 @@ from .meta import InstanceMeta, StoreOutcome
 from .redact import keep_values_out_of_logs
 from .repositories import (
     INSTANCE_MATCHING_KEYS,
+    RELATIONAL_INSTANCE_KEYS,
+    RELATIONAL_SERIES_KEYS,
     SERIES_MATCHING_KEYS,
     STUDY_MATCHING_KEYS,
     ExportRepository,
@@ -61,6 +63,8 @@ from .uids import MAX_UID_LENGTH, is_valid_uid, validate_uid
 
 __all__ = [
     "INSTANCE_MATCHING_KEYS",
+    "RELATIONAL_INSTANCE_KEYS",
+    "RELATIONAL_SERIES_KEYS",
     "MAX_UID_LENGTH",
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",

@@ -84,3 +84,21 @@ def test_valid_environment_override_wins_over_the_file(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PACS_NODE__NODE__DIMSE_PORT", "11113")
     assert load_settings(config).node.dimse_port == 11113
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "pacs.example.org"])
+def test_http_on_the_network_without_authentication_is_refused(config: Path,
+                                                               host: str) -> None:
+    config.write_text(f"node:\n  http_host: '{host}'\n")
+    message = _error(config)
+    assert "not a loopback address" in message and "http.allow_insecure" in message
+    config.write_text(f"node:\n  http_host: '{host}'\nhttp:\n  allow_insecure: true\n")
+    assert load_settings(config).node.http_host == host
+    config.write_text(f"node:\n  http_host: '{host}'\nhttp:\n  enabled: false\n")
+    assert not load_settings(config).http.enabled
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_http_on_loopback_needs_no_authentication(config: Path, host: str) -> None:
+    config.write_text(f"node:\n  http_host: '{host}'\n")
+    assert load_settings(config).http.enabled

@@ -5,6 +5,8 @@ from .instances import InstanceRepository, decide
 from .jobs import JobRepository
 from .queries import (
     INSTANCE_MATCHING_KEYS,
+    RELATIONAL_INSTANCE_KEYS,
+    RELATIONAL_SERIES_KEYS,
     SERIES_MATCHING_KEYS,
     STUDY_MATCHING_KEYS,
     InstanceMatch,
@@ -16,6 +18,8 @@ from .studies import StudyListing, StudyRepository
 
 __all__ = [
     "INSTANCE_MATCHING_KEYS",
+    "RELATIONAL_INSTANCE_KEYS",
+    "RELATIONAL_SERIES_KEYS",
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",
     "ExportRepository",

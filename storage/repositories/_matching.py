@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from pydicom.multival import MultiValue
-from sqlalchemy import ColumnElement, and_, func, literal
+from sqlalchemy import ColumnElement, and_, func, literal, or_
 from sqlalchemy.sql.elements import ColumnClause
 
 from ..errors import InvalidQuery, InvalidUID
@@ -65,6 +65,20 @@ def string_match(column: Column, value: object, *,
     if "*" in text or "?" in text:
         return target.like(_like_pattern(text), escape=_ESCAPE)
     return target == literal(text)
+
+
+def fuzzy_name_match(column: Column, value: object) -> ColumnElement[bool] | None:
+    """QIDO-RS ``fuzzymatching=true`` on a PN attribute (PS3.18 8.3.4.1): regardless of
+    case, the value (wildcards allowed) matches the start of any word of the name, a word
+    starting the name or following ``^``, a space, ``=`` or ``-`` ("smi" finds
+    ``Smith^John`` and ``Jones-Smith^Ann``)."""
+    text = text_of(value)
+    if _universal(text):
+        return None
+    pattern = _like_pattern(text.lower()).rstrip("%") + "%"
+    target = func.lower(column)
+    return or_(target.like(pattern, escape=_ESCAPE),
+               *(target.like(f"%{sep}{pattern}", escape=_ESCAPE) for sep in "^ =-"))
 
 
 def _range(value: str, pattern: re.Pattern[str], what: str) -> tuple[str, str]:

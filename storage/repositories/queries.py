@@ -10,10 +10,20 @@ from sqlalchemy import ColumnElement, Select, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from ..schema import Instance, Patient, Series, Study
-from ._matching import date_match, int_match, string_match, text_of, time_match, uid_list_match
+from ._matching import (
+    date_match,
+    fuzzy_name_match,
+    int_match,
+    string_match,
+    text_of,
+    time_match,
+    uid_list_match,
+)
 
 __all__ = [
     "INSTANCE_MATCHING_KEYS",
+    "RELATIONAL_INSTANCE_KEYS",
+    "RELATIONAL_SERIES_KEYS",
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",
     "InstanceMatch",
@@ -117,14 +127,25 @@ _INSTANCE_KEYS: dict[str, _Matcher] = {
     "InstanceNumber": lambda v: int_match(Instance.instance_number, v, "InstanceNumber"),
 }
 
+# Relational queries (QIDO-RS /series and /instances, PS3.18 10.6.1.2.1): the keys of
+# the levels above are matched too.
+_RELATIONAL_SERIES_KEYS: dict[str, _Matcher] = {**_STUDY_KEYS, **_SERIES_KEYS}
+_RELATIONAL_INSTANCE_KEYS: dict[str, _Matcher] = {**_STUDY_KEYS, **_SERIES_KEYS,
+                                                   **_INSTANCE_KEYS}
+
 STUDY_MATCHING_KEYS = frozenset(_STUDY_KEYS)
 SERIES_MATCHING_KEYS = frozenset(_SERIES_KEYS)
 INSTANCE_MATCHING_KEYS = frozenset(_INSTANCE_KEYS)
+RELATIONAL_SERIES_KEYS = frozenset(_RELATIONAL_SERIES_KEYS)
+RELATIONAL_INSTANCE_KEYS = frozenset(_RELATIONAL_INSTANCE_KEYS)
 
 
-def _where(stmt: AnySelect, filters: Filters, keys: Mapping[str, _Matcher]) -> AnySelect:
+def _where(stmt: AnySelect, filters: Filters, keys: Mapping[str, _Matcher], *,
+           fuzzy: bool = False) -> AnySelect:
     for keyword, value in filters.items():
         matcher = keys.get(keyword)
+        if fuzzy and keyword == "PatientName" and matcher is not None:
+            matcher = lambda v: fuzzy_name_match(Patient.patient_name, v)  # noqa: E731
         if matcher is not None and (condition := matcher(value)) is not None:
             stmt = stmt.where(condition)
     return stmt
@@ -142,13 +163,26 @@ class QueryRepository:
     Results a newer job superseded (``Instance.superseded``) are left out, and so are
     series holding nothing else, unless ``history=True``: one current result per study.
 
+    QIDO-RS options: ``relational=True`` lets series and instance queries match the keys
+    of the levels above (``RELATIONAL_*_KEYS``; C-FIND's hierarchical queries do not),
+    ``fuzzy=True`` matches PatientName word by word (:func:`fuzzy_name_match`), and
+    ``offset`` skips that many matches (in the stable order the results come in).
+
     Raises:
         InvalidQuery: a date, time, UID or number value that cannot be matched.
     """
 
-    def __init__(self, session: Session, *, history: bool = False) -> None:
+    def __init__(self, session: Session, *, history: bool = False, relational: bool = False,
+                 fuzzy: bool = False) -> None:
         self.session = session
         self.history = history
+        self.relational = relational
+        self.fuzzy = fuzzy
+
+    def _page(self, stmt: AnySelect, limit: int | None, offset: int) -> AnySelect:
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return stmt.offset(offset) if offset else stmt
 
     def _current(self) -> ColumnElement[bool]:
         return Instance.superseded.is_(False) if not self.history else true()
@@ -161,7 +195,8 @@ class QueryRepository:
                                   Instance.superseded.is_(False)),
                    ~exists().where(Instance.series_id == Series.id))
 
-    def find_studies(self, filters: Filters, *, limit: int | None = None) -> list[StudyMatch]:
+    def find_studies(self, filters: Filters, *, limit: int | None = None,
+                     offset: int = 0) -> list[StudyMatch]:
         n_series = (select(func.count(Series.id))
                     .where(Series.study_id == Study.id, self._series_shown())
                     .correlate(Study).scalar_subquery())
@@ -174,13 +209,13 @@ class QueryRepository:
                        Study.study_time, Study.accession_number, Study.study_description,
                        Study.modalities_in_study, n_series, n_instances)
                 .join(Patient, Study.patient_id == Patient.id))
-        stmt = _where(stmt, filters, _STUDY_KEYS)
+        stmt = _where(stmt, filters, _STUDY_KEYS, fuzzy=self.fuzzy)
         stmt = stmt.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id)
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        stmt = self._page(stmt, limit, offset)
         return [StudyMatch(*row) for row in self.session.execute(stmt)]
 
-    def find_series(self, filters: Filters, *, limit: int | None = None) -> list[SeriesMatch]:
+    def find_series(self, filters: Filters, *, limit: int | None = None,
+                    offset: int = 0) -> list[SeriesMatch]:
         n_instances = (select(func.count(Instance.id))
                        .where(Instance.series_id == Series.id, self._current())
                        .correlate(Series).scalar_subquery())
@@ -190,14 +225,17 @@ class QueryRepository:
                        Series.body_part_examined, Series.laterality, n_instances)
                 .join(Study, Series.study_id == Study.id)
                 .where(self._series_shown()))
-        stmt = _where(stmt, filters, _SERIES_KEYS)
+        if self.relational:
+            stmt = _where(stmt.join(Patient, Study.patient_id == Patient.id), filters,
+                          _RELATIONAL_SERIES_KEYS, fuzzy=self.fuzzy)
+        else:
+            stmt = _where(stmt, filters, _SERIES_KEYS)
         stmt = stmt.order_by(Study.id, Series.series_number.asc().nulls_last(), Series.id)
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        stmt = self._page(stmt, limit, offset)
         return [SeriesMatch(*row) for row in self.session.execute(stmt)]
 
-    def find_instances(self, filters: Filters, *,
-                       limit: int | None = None) -> list[InstanceMatch]:
+    def find_instances(self, filters: Filters, *, limit: int | None = None,
+                       offset: int = 0) -> list[InstanceMatch]:
         stmt: AnySelect = (select(Study.study_instance_uid, Series.series_instance_uid,
                        Instance.sop_class_uid, Instance.sop_instance_uid,
                        Instance.instance_number, Instance.rows, Instance.columns,
@@ -205,9 +243,12 @@ class QueryRepository:
                 .join(Series, Instance.series_id == Series.id)
                 .join(Study, Series.study_id == Study.id)
                 .where(self._current()))
-        stmt = _where(stmt, filters, _INSTANCE_KEYS)
+        if self.relational:
+            stmt = _where(stmt.join(Patient, Study.patient_id == Patient.id), filters,
+                          _RELATIONAL_INSTANCE_KEYS, fuzzy=self.fuzzy)
+        else:
+            stmt = _where(stmt, filters, _INSTANCE_KEYS)
         stmt = stmt.order_by(Series.id, Instance.instance_number.asc().nulls_last(),
                              Instance.id)
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        stmt = self._page(stmt, limit, offset)
         return [InstanceMatch(*row) for row in self.session.execute(stmt)]

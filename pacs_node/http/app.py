@@ -1,0 +1,82 @@
+"""The node's HTTP application: built by :func:`create_app` from settings and storage (no
+import-time state). DICOMweb under ``/dicomweb``; OpenAPI at ``/api/docs``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import FileStore, InvalidQuery
+
+from ..config import Settings
+from ..search import SearchService
+from . import qido
+
+__all__ = ["DICOMWEB_PREFIX", "create_app"]
+
+log = logging.getLogger(__name__)
+
+DICOMWEB_PREFIX = "/dicomweb"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pacs-node")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def create_app(settings: Settings, sessions: sessionmaker[Session],
+               store: FileStore) -> FastAPI:
+    """The HTTP app over the node's index and store."""
+    app = FastAPI(title="pacs-node", version=_version(), docs_url="/api/docs",
+                  openapi_url="/api/openapi.json", redoc_url=None,
+                  description="DICOMweb (QIDO-RS) and the node's API.")
+    app.state.settings = settings
+    app.state.store = store
+
+    def retrieve_url(study: str, series: str | None, instance: str | None) -> str:
+        path = f"{DICOMWEB_PREFIX}/studies/{quote(study)}"
+        if series:
+            path += f"/series/{quote(series)}"
+        if instance:
+            path += f"/instances/{quote(instance)}"
+        return path
+
+    app.state.search = SearchService(sessions, retrieve_url=retrieve_url)
+    app.include_router(qido.router, prefix=DICOMWEB_PREFIX)
+
+    if settings.http.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.http.cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Accept", "Content-Type"],
+                           expose_headers=["Warning", "Content-Location"])
+
+    @app.exception_handler(InvalidQuery)
+    async def invalid_query(_request: Request, exc: InvalidQuery) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.middleware("http")
+    async def log_request(request: Request,
+                          call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # One line per request without the query string: QIDO queries carry patient names
+        # and IDs, which never go into the log.
+        started = time.perf_counter()
+        response = await call_next(request)
+        log.info("%s %s %d %.0f ms", request.method, request.url.path,
+                 response.status_code, (time.perf_counter() - started) * 1000)
+        return response
+
+    return app
