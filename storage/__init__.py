@@ -27,6 +27,7 @@ from .errors import (
 from .filestore import FileStore, StagedFile, StoredFile
 from .ingest import index_staged, ingest
 from .meta import InstanceMeta, StoreOutcome
+from .pixels import declared_pixels, too_large
 from .redact import keep_values_out_of_logs
 from .repositories import (
     INSTANCE_MATCHING_KEYS,
@@ -107,10 +108,12 @@ __all__ = [
     "StudyState",
     "begin_write",
     "create_engine_for",
+    "declared_pixels",
     "ingest",
     "is_valid_uid",
     "migrate",
     "run_write",
     "session_factory",
+    "too_large",
     "validate_uid",
 ]

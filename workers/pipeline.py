@@ -54,6 +54,7 @@ from storage import (
     index_staged,
     keep_values_out_of_logs,
     run_write,
+    too_large,
 )
 
 from .results import (
@@ -135,24 +136,6 @@ def not_analysed_reason(reasons: Sequence[str]) -> str:
     if len(distinct) > 1:
         distinct = list(dict.fromkeys(_SCORE_DETAIL.sub("", r) for r in distinct))
     return "; ".join(distinct) or "no radiograph (CR/DX) to analyse"
-
-
-def _too_large(header: pydicom.Dataset, max_pixels: int) -> str:
-    """Why a view is too large to decode (its header's geometry over ``max_pixels``; the
-    ingest check made sure the codestream agrees), or ``""``."""
-    def number(keyword: str, default: int) -> int:
-        try:
-            return max(default, int(header.get(keyword) or default))
-        except (TypeError, ValueError):
-            return default
-
-    rows, cols = number("Rows", 0), number("Columns", 0)
-    frames, samples = number("NumberOfFrames", 1), number("SamplesPerPixel", 1)
-    pixels = rows * cols * frames * samples
-    if pixels <= max_pixels:
-        return ""
-    return (f"too large: {cols} x {rows} x {frames} frame(s) x {samples} sample(s) = "
-            f"{pixels} pixels, over storage.max_pixels {max_pixels}")
 
 
 def _view_state(view: ViewResult, threshold: float) -> str:
@@ -329,9 +312,9 @@ class StudyPipeline:
                     skipped.append(SkippedView(item.sop_instance_uid, routing.reason))
                 continue
             group = groups.setdefault(route.model, _Group(route))
-            too_large = _too_large(header, self.options.max_pixels)
-            if too_large:
-                skipped.append(SkippedView(item.sop_instance_uid, too_large))
+            oversize = too_large(header, self.options.max_pixels)
+            if oversize:
+                skipped.append(SkippedView(item.sop_instance_uid, oversize))
                 continue
             try:
                 ds = pydicom.dcmread(self.store.path_of(item.relpath))

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import FileStore, InvalidQuery
 
 from ..config import Settings
+from ..retrieve import RetrieveService
 from ..search import SearchService
-from . import qido
+from . import qido, wado
 
 __all__ = ["DICOMWEB_PREFIX", "create_app"]
 
@@ -39,7 +40,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     """The HTTP app over the node's index and store."""
     app = FastAPI(title="pacs-node", version=_version(), docs_url="/api/docs",
                   openapi_url="/api/openapi.json", redoc_url=None,
-                  description="DICOMweb (QIDO-RS) and the node's API.")
+                  description="DICOMweb (QIDO-RS, WADO-RS) and the node's API.")
     app.state.settings = settings
     app.state.store = store
 
@@ -52,7 +53,11 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
         return path
 
     app.state.search = SearchService(sessions, retrieve_url=retrieve_url)
+    app.state.retrieve = RetrieveService(sessions, store,
+                                         max_pixels=settings.storage.max_pixels)
+    app.state.dicomweb_prefix = DICOMWEB_PREFIX
     app.include_router(qido.router, prefix=DICOMWEB_PREFIX)
+    app.include_router(wado.router, prefix=DICOMWEB_PREFIX)
 
     if settings.http.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.http.cors_origins),
