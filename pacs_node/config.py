@@ -140,6 +140,9 @@ class HttpSettings(_Section):
     enabled: bool = True
     # Origins (scheme://host:port) of web viewers allowed to call the node from a browser.
     cors_origins: list[str] = Field(default_factory=list)
+    # Largest STOW-RS request body; a larger one is a 413 (before reading it when it says
+    # its length). Parts are streamed to disk, not held in memory.
+    max_request_bytes: int = Field(4 * 1024 ** 3, ge=1024)
     # Serve HTTP on a non-loopback address without authentication (never in a hospital
     # network: anyone who can reach the port reads every study).
     allow_insecure: bool = False

@@ -177,7 +177,8 @@ class Node:
                  s.node.ae_title, s.node.dimse_host, " and ".join(ports),
                  "embedded" if self.embedded else "celery")
         if s.http.enabled:
-            self.http = HttpServer(create_app(s, storage.sessions, storage.store),
+            app = create_app(s, storage.sessions, storage.store, on_stored=self.tracker.nudge)
+            self.http = HttpServer(app,
                                    s.node.http_host, s.node.http_port)
             try:
                 self.http.start()

@@ -288,6 +288,21 @@ class FileStore:
                     removed += 1
         return removed
 
+    def incoming_path(self) -> Path:
+        """A new, unused path under ``<root>/.incoming`` for an upload being received
+        (STOW-RS parts). Its name is a temp name: :meth:`remove_temp_files` deletes what
+        an interrupted upload left.
+
+        Raises:
+            StorageError: the folder cannot be created.
+        """
+        folder = self.root / ".incoming"
+        try:
+            self._make_dirs(folder)
+        except OSError as exc:
+            raise _storage_error(exc, "cannot create the incoming folder") from exc
+        return folder / f".part.tmp-{secrets.token_hex(8)}"
+
     def free_bytes(self) -> int:
         """Return the bytes available to this process on the store's filesystem."""
         return shutil.disk_usage(self.root).free

@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import FileStore, InvalidQuery
 
 from ..config import Settings
+from ..receive import Receiver
 from ..retrieve import RetrieveService
 from ..search import SearchService
-from . import qido, wado
+from . import qido, stow, wado
 
 __all__ = ["DICOMWEB_PREFIX", "create_app"]
 
@@ -35,12 +36,13 @@ def _version() -> str:
         return "unknown"
 
 
-def create_app(settings: Settings, sessions: sessionmaker[Session],
-               store: FileStore) -> FastAPI:
-    """The HTTP app over the node's index and store."""
+def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileStore, *,
+               on_stored: Callable[[str], None] | None = None) -> FastAPI:
+    """The HTTP app over the node's index and store; ``on_stored`` is called with the
+    Study Instance UID of new content received over STOW-RS (the tracker's nudge)."""
     app = FastAPI(title="pacs-node", version=_version(), docs_url="/api/docs",
                   openapi_url="/api/openapi.json", redoc_url=None,
-                  description="DICOMweb (QIDO-RS, WADO-RS) and the node's API.")
+                  description="DICOMweb (QIDO-RS, WADO-RS, STOW-RS) and the node's API.")
     app.state.settings = settings
     app.state.store = store
 
@@ -55,9 +57,13 @@ def create_app(settings: Settings, sessions: sessionmaker[Session],
     app.state.search = SearchService(sessions, retrieve_url=retrieve_url)
     app.state.retrieve = RetrieveService(sessions, store,
                                          max_pixels=settings.storage.max_pixels)
+    app.state.receiver = Receiver(store, sessions,
+                                  overwrite_conflicts=settings.node.overwrite_conflicting_duplicates,
+                                  on_stored=on_stored)
     app.state.dicomweb_prefix = DICOMWEB_PREFIX
     app.include_router(qido.router, prefix=DICOMWEB_PREFIX)
     app.include_router(wado.router, prefix=DICOMWEB_PREFIX)
+    app.include_router(stow.router, prefix=DICOMWEB_PREFIX)
 
     if settings.http.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.http.cors_origins),

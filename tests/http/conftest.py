@@ -27,6 +27,8 @@ class Web:
     url: str
     store: FileStore
     sessions: sessionmaker[Session]
+    folder: Path
+    nudged: list[str]
 
     def add(self, ds: Dataset) -> None:
         ingest(self.store, self.sessions, part10(ds), InstanceMeta.from_dataset(ds))
@@ -76,10 +78,12 @@ def make_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
         port = free_port()
         node = {"http_host": "127.0.0.1", "http_port": port, **overrides.pop("node", {})}
         settings = Settings(node=node, **overrides)
-        server = HttpServer(create_app(settings, sessions, store), "127.0.0.1", port)
+        nudged: list[str] = []
+        app = create_app(settings, sessions, store, on_stored=nudged.append)
+        server = HttpServer(app, "127.0.0.1", port)
         server.start()
         servers.append(server)
-        return Web(f"http://127.0.0.1:{port}", store, sessions)
+        return Web(f"http://127.0.0.1:{port}", store, sessions, folder, nudged)
 
     try:
         yield make

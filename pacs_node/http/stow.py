@@ -1,0 +1,307 @@
+"""STOW-RS (PS3.18 10.5): ``POST /studies`` and ``/studies/{study}`` with
+``multipart/related; type="application/dicom"`` or a single ``application/dicom`` body.
+
+The body is streamed to disk part by part (python-multipart's streaming parser; nothing
+is held in memory beyond a chunk), bounded by ``http.max_request_bytes``; once it has
+arrived whole, every part goes through the same checks and the same durable ingest as a
+C-STORE (:class:`pacs_node.receive.Receiver`). The answer is a DICOM JSON data set
+(Referenced SOP Sequence with Retrieve URLs, Failed SOP Sequence with Failure Reasons):
+200 all stored, 202 some failed or stored with a warning, 409 none stored, 503 none
+stored because storage refused (out of resources)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydicom import Dataset
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
+
+from storage import StoreOutcome, is_valid_uid
+
+from ..receive import Receiver, Refused, read_header
+from .common import DICOM_JSON, DicomJSONResponse, checked_uid
+
+__all__ = ["MAX_PARTS", "router"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["STOW-RS"])
+
+#: Most parts one request may carry.
+MAX_PARTS = 10_000
+_WARNING_CONFLICT = 0xB000  # stored earlier with other content; that copy is kept
+_OUT_OF_RESOURCES = 0xA700
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{1,70}$")  # RFC 2046 5.1.1
+
+
+@dataclass
+class _Part:
+    path: Path
+    headers: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    head: bytes = b""  # the first bytes, held until the preamble question is settled
+    settled: bool = False
+
+
+_PREAMBLE = 132  # 128 bytes, then "DICM" (PS3.10 7.1)
+
+
+@dataclass
+class _Outcome:
+    sop_class: str = ""
+    sop_instance: str = ""
+    study: str = ""
+    series: str = ""
+    failure: int | None = None
+    warning: int | None = None
+
+
+def _media_type(header: str) -> tuple[str, dict[str, str]]:
+    pieces = re.findall(r'(?:[^;"]|"[^"]*")+', header)
+    if not pieces:
+        return "", {}
+    params: dict[str, str] = {}
+    for piece in pieces[1:]:
+        name, _, value = piece.strip().partition("=")
+        params[name.strip().lower()] = value.strip().strip('"')
+    return pieces[0].strip().lower(), params
+
+
+class _Upload:
+    """The body streamed into temp files, one per part."""
+
+    def __init__(self, receiver: Receiver, limit: int) -> None:
+        self._receiver = receiver
+        self._limit = limit
+        self.parts: list[_Part] = []
+        self.total = 0
+        self.complete = False
+        self._handle: IO[bytes] | None = None
+        self._field = b""
+        self._value = b""
+
+    def open_part(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
+            raise HTTPException(400, f"more than {MAX_PARTS} parts in one request")
+        path = self._receiver.store.incoming_path()
+        self.parts.append(_Part(path))
+        self._handle = path.open("xb")
+
+    def close_part(self) -> None:
+        if self._handle is not None:
+            part = self.parts[-1]
+            if not part.settled:
+                data = self._settle(part)
+                self._handle.write(data)
+                part.size += len(data)
+            self._handle.close()
+            self._handle = None
+
+    def write(self, data: bytes) -> None:
+        part = self.parts[-1]
+        assert self._handle is not None
+        if not part.settled:
+            part.head += data
+            if len(part.head) < _PREAMBLE:
+                return
+            data, part.head = self._settle(part), b""
+        self._handle.write(data)
+        part.size += len(data)
+
+    def _settle(self, part: _Part) -> bytes:
+        """Many clients (dicomweb-client among them) send the file meta without the
+        128-byte preamble and "DICM" (pydicom's ``dcmwrite`` of a data set read without
+        one): it is added, so the store holds Part 10 files."""
+        part.settled = True
+        head = part.head
+        if head[128:132] != b"DICM" and head[:2] == b"\x02\x00":
+            return b"\x00" * 128 + b"DICM" + head
+        return head
+
+    def count(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.total > self._limit:
+            raise HTTPException(413, f"the request is larger than http.max_request_bytes "
+                                     f"({self._limit} bytes)")
+
+    def parser(self, boundary: str) -> MultipartParser:
+        def on_part_begin() -> None:
+            self.open_part()
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            self.write(data[start:end])
+
+        def on_part_end() -> None:
+            self.close_part()
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            self._field += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            self._value += data[start:end]
+
+        def on_header_end() -> None:
+            name = self._field.decode("latin-1").strip().lower()
+            self.parts[-1].headers[name] = self._value.decode("latin-1").strip()
+            self._field = self._value = b""
+
+        def on_end() -> None:
+            self.complete = True
+
+        return MultipartParser(boundary, {  # type: ignore[arg-type]
+            "on_part_begin": on_part_begin, "on_part_data": on_part_data,
+            "on_part_end": on_part_end, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+            "on_end": on_end}, max_header_size=8192, max_header_count=16)
+
+    def discard(self) -> None:
+        self.close_part()
+        for part in self.parts:
+            try:
+                os.unlink(part.path)
+            except FileNotFoundError:
+                pass
+
+
+def _receiver(request: Request) -> Receiver:
+    return request.app.state.receiver  # type: ignore[no-any-return]
+
+
+async def _read_body(request: Request, upload: _Upload) -> None:
+    kind, params = _media_type(request.headers.get("content-type", ""))
+    if kind == "multipart/related":
+        part_type = params.get("type", "application/dicom").lower()
+        if part_type != "application/dicom":
+            raise HTTPException(415, f"STOW-RS parts of type {part_type[:64]!r} are not "
+                                     "supported; send application/dicom")
+        boundary = params.get("boundary", "")
+        if not boundary:
+            raise HTTPException(400, "the multipart/related Content-Type has no boundary")
+        if not _BOUNDARY.match(boundary):
+            raise HTTPException(400, "the multipart boundary is not a valid boundary")
+        parser = upload.parser(boundary)
+        try:
+            async for chunk in request.stream():
+                upload.count(chunk)
+                parser.write(chunk)
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise HTTPException(400, f"malformed multipart body: {exc}") from None
+        if not upload.complete:
+            raise HTTPException(400, "the multipart body ends before its closing boundary")
+        if not upload.parts:
+            raise HTTPException(400, "the multipart body holds no part")
+    elif kind == "application/dicom":
+        upload.open_part()
+        try:
+            async for chunk in request.stream():
+                upload.count(chunk)
+                upload.write(chunk)
+        finally:
+            upload.close_part()
+        upload.complete = True
+    else:
+        raise HTTPException(415, "STOW-RS takes multipart/related; type=\"application/dicom\" "
+                                 "or application/dicom")
+
+
+def _store_parts(receiver: Receiver, parts: list[_Part], study: str | None) -> list[_Outcome]:
+    outcomes = []
+    for part in parts:
+        outcome = _Outcome()
+        kind, _ = _media_type(part.headers.get("content-type", "application/dicom"))
+        try:
+            if kind != "application/dicom":
+                raise Refused(0xC000, f"a part of type {kind[:64]!r}, not application/dicom")
+            meta = receiver.validate(part.path, study=study)
+            outcome.sop_class, outcome.sop_instance = meta.sop_class_uid, meta.sop_instance_uid
+            outcome.study, outcome.series = meta.study_instance_uid, meta.series_instance_uid
+            stored = receiver.store_instance(part.path, meta, calling_ae="STOW-RS")
+            if stored.outcome is StoreOutcome.DUPLICATE_CONFLICT_KEPT:
+                outcome.warning = _WARNING_CONFLICT
+        except Refused as exc:
+            outcome.failure = exc.status
+            if not outcome.sop_instance:  # what the part said it was, if it says
+                try:
+                    header = read_header(part.path)
+                    for name, keyword in (("sop_class", "SOPClassUID"),
+                                          ("sop_instance", "SOPInstanceUID")):
+                        value = str(header.get(keyword, ""))
+                        if is_valid_uid(value):  # a hostile value is not echoed back
+                            setattr(outcome, name, value)
+                except Exception:  # noqa: BLE001 - nothing readable
+                    pass
+            log.warning("STOW-RS part %s refused (0x%04X): %s",
+                        outcome.sop_instance or "?", exc.status, exc)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _answer(request: Request, outcomes: list[_Outcome], study: str | None) -> Response:
+    base = str(request.base_url).rstrip("/") + request.app.state.dicomweb_prefix
+    ds = Dataset()
+    ds.RetrieveURL = f"{base}/studies/{study}" if study else None
+    referenced, failed = [], []
+    for outcome in outcomes:
+        item = Dataset()
+        item.ReferencedSOPClassUID = outcome.sop_class or None
+        item.ReferencedSOPInstanceUID = outcome.sop_instance or None
+        if outcome.failure is None:
+            item.RetrieveURL = (f"{base}/studies/{outcome.study}/series/{outcome.series}/"
+                                f"instances/{outcome.sop_instance}")
+            if outcome.warning is not None:
+                item.WarningReason = outcome.warning
+            referenced.append(item)
+        else:
+            item.FailureReason = outcome.failure
+            failed.append(item)
+    if referenced:
+        ds.ReferencedSOPSequence = referenced
+    if failed:
+        ds.FailedSOPSequence = failed
+    if not referenced:
+        refused = all(o.failure == _OUT_OF_RESOURCES for o in outcomes)
+        status = 503 if refused else 409
+    elif failed or any(o.warning is not None for o in outcomes):
+        status = 202
+    else:
+        status = 200
+    return DicomJSONResponse(ds.to_json_dict(), status_code=status)
+
+
+async def _stow(request: Request, study: str | None) -> Response:
+    receiver = _receiver(request)
+    limit = request.app.state.settings.http.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the request is larger than http.max_request_bytes "
+                                 f"({limit} bytes)")
+    upload = _Upload(receiver, limit)
+    try:
+        await _read_body(request, upload)
+        outcomes = await run_in_threadpool(_store_parts, receiver, upload.parts, study)
+    finally:
+        upload.discard()
+    return _answer(request, outcomes, study)
+
+
+_DOC = {"responses": {200: {"content": {DICOM_JSON: {}}}}}
+
+
+@router.post("/studies", summary="Store instances", **_DOC)  # type: ignore[arg-type]
+async def store_instances(request: Request) -> Response:
+    return await _stow(request, None)
+
+
+@router.post("/studies/{study}", summary="Store instances of one study",
+             **_DOC)  # type: ignore[arg-type]
+async def store_study_instances(study: str, request: Request) -> Response:
+    return await _stow(request, checked_uid(study, "study"))
