@@ -534,6 +534,82 @@ def rerun(
         _fail(f"not held by this node: {', '.join(missing)}")
 
 
+token_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="HTTP API tokens (used when http.auth is on).")
+app.add_typer(token_app, name="token")
+
+
+def _storage_for(config: Path):  # type: ignore[no-untyped-def]
+    from .node import NodeStartError, open_storage
+
+    settings = _settings(config)
+    try:
+        return open_storage(settings)
+    except NodeStartError as exc:
+        _fail(str(exc))
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="Who or what uses it, e.g. ohif")],
+    role: Annotated[str, typer.Option(help="reader (QIDO/WADO), writer (STOW) or admin")],
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """Create a token and print it once (only its hash is kept: copy it now)."""
+    from storage import TokenRepository, TokenRole, run_write
+
+    if role not in {r.value for r in TokenRole}:
+        _fail(f"--role must be reader, writer or admin, got {role!r}")
+    storage = _storage_for(config)
+    try:
+        token = run_write(storage.sessions,
+                          lambda session: TokenRepository(session).create(name, role))
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        storage.engine.dispose()
+    console.print(f"token {name!r} ({role}) created; it is shown only now:")
+    sys.stdout.write(token + "\n")
+
+
+@token_app.command("list")
+def token_list(config: ConfigOption = Path("config.yaml")) -> None:
+    """List tokens: name, role, created, last used, revoked (never the tokens)."""
+    from rich.table import Table
+
+    from storage import TokenRepository
+
+    storage = _storage_for(config)
+    with storage.sessions() as session:
+        tokens = TokenRepository(session).list()
+    storage.engine.dispose()
+    table = Table("name", "role", "created", "last used", "revoked")
+
+    def when(moment: Any) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else ""
+
+    for t in tokens:
+        table.add_row(t.name, t.role.value, when(t.created_at), when(t.last_used_at),
+                      when(t.revoked_at))
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="The token's name")],
+                 config: ConfigOption = Path("config.yaml")) -> None:
+    """Revoke a token: requests carrying it get 401 from now on."""
+    from storage import StorageError, TokenRepository, run_write
+
+    storage = _storage_for(config)
+    try:
+        run_write(storage.sessions, lambda session: TokenRepository(session).revoke(name))
+    except StorageError as exc:
+        _fail(str(exc))
+    finally:
+        storage.engine.dispose()
+    console.print(f"token {name!r} revoked")
+
+
 def main() -> None:
     app()
 

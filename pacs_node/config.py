@@ -138,6 +138,8 @@ class HttpSettings(_Section):
     ``/api/docs``) on ``node.http_host:node.http_port``."""
 
     enabled: bool = True
+    # Every DICOMweb and API request needs a bearer token (`pacs-node token create`).
+    auth: bool = False
     # Origins (scheme://host:port) of web viewers allowed to call the node from a browser.
     cors_origins: list[str] = Field(default_factory=list)
     # Largest STOW-RS request body; a larger one is a 413 (before reading it when it says
@@ -254,11 +256,12 @@ class Settings(BaseSettings):
     def _check_http_exposure(self) -> Settings:
         # The lesson of Orthanc CVE-2025-0896: an open HTTP port on the network serves
         # every patient's images to anyone who finds it.
-        if self.http.enabled and not _is_loopback(self.node.http_host) and \
-                not self.http.allow_insecure:
+        if self.http.enabled and not self.http.auth and \
+                not _is_loopback(self.node.http_host) and not self.http.allow_insecure:
             raise ValueError(f"node.http_host {self.node.http_host} is not a loopback "
-                             "address and HTTP has no authentication: the node would serve "
-                             "every study to anyone who can reach the port. Keep "
+                             "address and http.auth is off: the node would serve every "
+                             "study to anyone who can reach the port. Set http.auth: true "
+                             "(and create tokens with `pacs-node token create`), keep "
                              "http_host on 127.0.0.1, or set http.allow_insecure: true to "
                              "accept that risk")
         return self

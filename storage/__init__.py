@@ -44,8 +44,11 @@ from .repositories import (
     StudyListing,
     StudyMatch,
     StudyRepository,
+    TokenInfo,
+    TokenRepository,
 )
 from .schema import (
+    ApiToken,
     Base,
     Export,
     ExportState,
@@ -59,6 +62,7 @@ from .schema import (
     Series,
     Study,
     StudyState,
+    TokenRole,
 )
 from .uids import MAX_UID_LENGTH, is_valid_uid, validate_uid
 
@@ -69,6 +73,7 @@ __all__ = [
     "MAX_UID_LENGTH",
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",
+    "ApiToken",
     "Base",
     "EncodingSummary",
     "Export",
@@ -106,6 +111,9 @@ __all__ = [
     "StudyMatch",
     "StudyRepository",
     "StudyState",
+    "TokenInfo",
+    "TokenRepository",
+    "TokenRole",
     "begin_write",
     "create_engine_for",
     "declared_pixels",

@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from ._types import Id, UTCDateTime
 
 __all__ = [
+    "ApiToken",
     "Base",
     "Export",
     "ExportState",
@@ -42,6 +43,7 @@ __all__ = [
     "Series",
     "Study",
     "StudyState",
+    "TokenRole",
 ]
 
 NAMING_CONVENTION = {
@@ -77,6 +79,15 @@ class ResultState(StrEnum):
 class InstanceSource(StrEnum):
     RECEIVED = "received"
     PRODUCED = "produced"
+
+
+class TokenRole(StrEnum):
+    """What an HTTP API token may do: ``reader`` search and retrieve (QIDO/WADO),
+    ``writer`` store (STOW), ``admin`` everything, the admin API included."""
+
+    READER = "reader"
+    WRITER = "writer"
+    ADMIN = "admin"
 
 
 class ExportState(StrEnum):
@@ -251,3 +262,18 @@ class Export(Base):
     created_at: Mapped[datetime]
 
     instance: Mapped[Instance] = relationship()
+
+
+class ApiToken(Base):
+    """An HTTP bearer token: only its SHA-256 is kept, the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint(_one_of("role", TokenRole), name="role"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

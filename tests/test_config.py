@@ -102,3 +102,9 @@ def test_http_on_the_network_without_authentication_is_refused(config: Path,
 def test_http_on_loopback_needs_no_authentication(config: Path, host: str) -> None:
     config.write_text(f"node:\n  http_host: '{host}'\n")
     assert load_settings(config).http.enabled
+
+
+def test_http_on_the_network_with_authentication_is_accepted(config: Path) -> None:
+    config.write_text("node:\n  http_host: '0.0.0.0'\nhttp:\n  auth: true\n")
+    settings = load_settings(config)
+    assert settings.http.auth and settings.node.http_host == "0.0.0.0"

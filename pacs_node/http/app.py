@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from importlib import metadata
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +21,7 @@ from ..receive import Receiver
 from ..retrieve import RetrieveService
 from ..search import SearchService
 from . import qido, stow, wado
+from .auth import Permission, require
 
 __all__ = ["DICOMWEB_PREFIX", "create_app"]
 
@@ -61,9 +62,12 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
                                   overwrite_conflicts=settings.node.overwrite_conflicting_duplicates,
                                   on_stored=on_stored)
     app.state.dicomweb_prefix = DICOMWEB_PREFIX
-    app.include_router(qido.router, prefix=DICOMWEB_PREFIX)
-    app.include_router(wado.router, prefix=DICOMWEB_PREFIX)
-    app.include_router(stow.router, prefix=DICOMWEB_PREFIX)
+    app.state.sessions = sessions
+    reading = [Depends(require(Permission.READ))]
+    app.include_router(qido.router, prefix=DICOMWEB_PREFIX, dependencies=reading)
+    app.include_router(wado.router, prefix=DICOMWEB_PREFIX, dependencies=reading)
+    app.include_router(stow.router, prefix=DICOMWEB_PREFIX,
+                       dependencies=[Depends(require(Permission.STORE))])
 
     if settings.http.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.http.cors_origins),

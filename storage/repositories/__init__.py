@@ -15,6 +15,7 @@ from .queries import (
     StudyMatch,
 )
 from .studies import StudyListing, StudyRepository
+from .tokens import TOKEN_PREFIX, TokenInfo, TokenRepository
 
 __all__ = [
     "INSTANCE_MATCHING_KEYS",
@@ -22,6 +23,7 @@ __all__ = [
     "RELATIONAL_SERIES_KEYS",
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",
+    "TOKEN_PREFIX",
     "ExportRepository",
     "InstanceMatch",
     "InstanceRepository",
@@ -31,5 +33,7 @@ __all__ = [
     "StudyListing",
     "StudyMatch",
     "StudyRepository",
+    "TokenInfo",
+    "TokenRepository",
     "decide",
 ]

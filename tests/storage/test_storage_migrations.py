@@ -26,7 +26,8 @@ from storage import (
 
 from .storage_helpers import content, meta
 
-TABLES = {"patients", "studies", "series", "instances", "jobs", "results", "exports"}
+TABLES = {"patients", "studies", "series", "instances", "jobs", "results", "exports",
+          "api_tokens"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
