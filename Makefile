@@ -10,14 +10,21 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 STAMP := $(VENV)/.pacs-node-installed
+# The OHIF viewer the node serves at /viewer: the prebuilt npm package @ohif/app, pinned by
+# version and by the registry's sha512 of its tarball (`npm view @ohif/app@3.13.2 dist.integrity`),
+# unpacked into $(OHIF_DIR)/dist (git-ignored) by scripts/fetch_ohif.py, which needs npm.
+OHIF_VERSION := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_DIR := .cache/ohif
 # Debian packages of the peers the tests talk to (dcmtk, dciodvfy, Orthanc with DICOMweb,
-# and the PostgreSQL and Redis servers the tests start when none answers on their ports).
-PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql redis-server
+# the PostgreSQL and Redis servers the tests start when none answers on their ports, and the
+# chromium that playwright drives in the viewer test: no browser download).
+PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test peers lint bench demo-weights clean
+.PHONY: install viewer run test peers lint bench demo-weights clean
 
-install: $(STAMP)
+install: $(STAMP) viewer
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,12 +33,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# Does nothing when $(OHIF_DIR)/installed.json already names these pins.
+viewer:
+	@$(PYTHON) scripts/fetch_ohif.py --version $(OHIF_VERSION) --integrity $(OHIF_INTEGRITY) \
+	  --dest $(OHIF_DIR) --base /viewer/
+
 run: install
 	$(VENV)/bin/pacs-node serve --config $(CONFIG)
 
 peers:
 	@missing=""; \
-	for cmd in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server; do \
+	for cmd in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server \
+	    chromium:chromium; do \
 	  command -v $${cmd%%:*} >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
 	done; \
 	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
@@ -94,4 +107,4 @@ demo-weights: install
 	  --out models/weights/demo_global_pool.pt
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache $(OHIF_DIR) test-artifacts
