@@ -148,6 +148,9 @@ class HttpSettings(_Section):
     # Serve HTTP on a non-loopback address without authentication (never in a hospital
     # network: anyone who can reach the port reads every study).
     allow_insecure: bool = False
+    # The OHIF viewer's files served at /viewer (its dist/ folder); unset: the one
+    # `make install` fills, .cache/ohif/dist in the source tree.
+    viewer_dir: Path | None = None
 
 
 class StorageSettings(_Section):

@@ -287,10 +287,9 @@ def _display(ds: Dataset, pixels: np.ndarray, window: tuple[float, float] | None
     """8-bit display values (grey, or BGR for colour)."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if pixels.ndim == 3 and pixels.shape[-1] == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            pixels = convert_color_space(pixels, photometric, "RGB")
+        # pydicom's pixel_array is RGB already: it converts YBR_FULL(_422) itself, and the
+        # JPEG 2000 decoder undoes YBR_RCT / YBR_ICT; converting again shifted the colours
+        # of YBR_FULL and failed on YBR_RCT (our overlays, lossless JPEG 2000).
         return cv2.cvtColor(pixels.astype(np.uint8), cv2.COLOR_RGB2BGR)
     values = apply_modality_lut(pixels, ds).astype(np.float64)
     if window is not None:
