@@ -7,6 +7,7 @@ validated with dciodvfy (STYLE.md #12).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import re
 from collections.abc import Iterator
@@ -250,28 +251,61 @@ def test_sr_evidence_is_exactly_the_processed_views(sr_bytes: bytes, study: Stud
     assert "PertinentOtherEvidenceSequence" not in sr
 
 
-def test_sr_study_site_and_view_groups(sr_bytes: bytes, study: StudyResult) -> None:
-    sr = srread(io.BytesIO(sr_bytes))
-    groups = sr.content.get_image_measurement_groups()
-    assert [g.tracking_identifier for g in groups] == [
-        "Study result", "Site LEG R", "View 1 LEG R", "View 2 LEG R"]
-    for group in groups:
-        assert group.finding_type.value == "125605004"  # Fracture of bone
-    study_group, site_group, *view_groups = groups
-    (probability,) = study_group.get_measurements()
-    assert probability.value == pytest.approx(87.0)  # percent, one decimal
-    assert (probability.unit.value, probability.unit.scheme_designator) == ("%", "UCUM")
-    assert study_group.get_qualitative_evaluations()[0].value.meaning == "Present"
-    site = site_group.finding_sites[0]
-    assert site.value.value == "30021000"  # Lower leg
-    assert site.laterality.value == "24028007"  # Right
-    for group, view in zip(view_groups, study.views, strict=True):
+def _evaluations(data: bytes) -> tuple[list[Dataset], list[str]]:
+    """The CODE items and the TEXT comments of the SR's Qualitative Evaluations container."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    (container,) = [item for item in ds.ContentSequence
+                    if item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    items = list(container.ContentSequence)
+    return ([i for i in items if i.ValueType == "CODE"],
+            [i.TextValue for i in items if i.ValueType == "TEXT"])
+
+
+def _child(item: Dataset, code: str) -> Dataset | None:
+    found = [c for c in item.get("ContentSequence", [])
+             if c.ConceptNameCodeSequence[0].CodeValue == code]
+    return found[0] if found else None
+
+
+def test_sr_study_site_and_view_evaluations(sr_bytes: bytes, study: StudyResult) -> None:
+    """Present / Absent with a probability for the study, each site and each analysed view,
+    in Qualitative Evaluations (not TID 1501 groups: OHIF fails on groups without SCOORD)."""
+    codes_, _ = _evaluations(sr_bytes)
+    assert len(codes_) == 1 + 1 + 2  # study, site LEG R, two analysed views
+    for item in codes_:
+        assert item.ConceptNameCodeSequence[0].CodeValue == "125605004"  # Fracture of bone
+        assert item.RelationshipType == "CONTAINS"
+    study_item, site_item, *view_items = codes_
+
+    def probability(item: Dataset) -> float:
+        num = _child(item, "122157")
+        assert num is not None and num.RelationshipType == "HAS PROPERTIES"
+        unit = num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+        assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("%", "UCUM")
+        return float(num.MeasuredValueSequence[0].NumericValue)
+
+    assert probability(study_item) == pytest.approx(87.0)  # percent, one decimal
+    assert study_item.ConceptCodeSequence[0].CodeMeaning == "Present"
+    parameters = [c.TextValue for c in study_item.ContentSequence
+                  if c.ConceptNameCodeSequence[0].CodeValue == "111002"]
+    assert parameters == ["aggregation=max", "threshold=50 %"]
+    assert _child(study_item, "363698007") is None  # no finding site: the whole study
+    site = _child(site_item, "363698007")
+    assert site.ConceptCodeSequence[0].CodeValue == "30021000"  # Lower leg
+    assert site.ContentSequence[0].ConceptCodeSequence[0].CodeValue == "24028007"  # Right
+    assert _child(site_item, "121112") is None
+    for item, view in zip(view_items, study.views, strict=True):
         p = view.prediction.fracture_probability
-        assert group.get_measurements()[0].value == pytest.approx(100 * p)
+        assert probability(item) == pytest.approx(100 * p)
         expected = "Present" if p >= study.threshold else "Absent"
-        assert group.get_qualitative_evaluations()[0].value.meaning == expected
-        sources = group.source_images
-        assert [s.referenced_sop_instance_uid for s in sources] == [view.sop_instance_uid]
+        assert item.ConceptCodeSequence[0].CodeMeaning == expected
+        source = _child(item, "121112")  # Source of Measurement
+        assert source.RelationshipType == "INFERRED FROM"
+        assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == view.sop_instance_uid
+    # Imaging Measurements holds only groups with coordinates (the candidate regions).
+    sr = srread(io.BytesIO(sr_bytes))
+    assert sr.content.get_image_measurement_groups() == []
+    assert all(g.roi is not None for g in sr.content.get_planar_roi_measurement_groups())
 
 
 def test_sr_findings_land_as_scoord_on_the_right_image(
@@ -294,8 +328,14 @@ def test_sr_findings_land_as_scoord_on_the_right_image(
         [x0, y0], [x1 + 1, y0], [x1 + 1, y1 + 1], [x0, y1 + 1], [x0, y0]])
     (score,) = boxed.get_measurements()
     assert score.value == pytest.approx(95.0) and score.unit.value == "%"
-    # The peak travels with its box: INFERRED FROM SCOORD POINT, SELECTED FROM the same view.
-    (peak,) = score.referenced_coordinates
+    # The score is INFERRED FROM its region first (Cornerstone rebuilds the annotation from
+    # the first SCOORD under the measurement), then from the peak inside the box: SCOORD
+    # POINT, SELECTED FROM the same view.
+    outline, peak = score.referenced_coordinates
+    assert outline.name.value == "111041"  # Outline
+    assert outline.graphic_type.value == "POLYLINE"
+    np.testing.assert_allclose(outline.value, boxed.roi.value)
+    assert outline.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == rg3_uid
     assert peak.relationship_type.value == "INFERRED FROM"
     assert peak.name.value == "128140"  # Representative point
     assert peak.graphic_type.value == "POINT"
@@ -304,21 +344,24 @@ def test_sr_findings_land_as_scoord_on_the_right_image(
     assert selected.RelationshipType == "SELECTED FROM"
     assert selected.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == rg3_uid
 
-    # Without a box the peak is the region, and is not repeated under the score.
+    # Without a box the peak is the region, and the score is inferred from it alone.
     assert lone_point.roi.graphic_type.value == "POINT"
     np.testing.assert_allclose(lone_point.roi.value, [[300.5, 1500.5]])
-    assert lone_point.get_measurements()[0].referenced_coordinates == []
+    (only,) = lone_point.get_measurements()[0].referenced_coordinates
+    assert only.name.value == "128140" and only.graphic_type.value == "POINT"
+    np.testing.assert_allclose(only.value, lone_point.roi.value)
     view2_uid = study.views[1].sop_instance_uid
     assert (view2.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
             == view2_uid)
-    (view2_peak,) = view2.get_measurements()[0].referenced_coordinates
-    assert view2_peak.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
-        view2_uid)
+    view2_outline, view2_peak = view2.get_measurements()[0].referenced_coordinates
+    for scoord in (view2_outline, view2_peak):
+        assert scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            view2_uid)
 
 
 def test_sr_carries_notices_skipped_views_and_ihe_equipment(sr_bytes: bytes) -> None:
     ds = pydicom.dcmread(io.BytesIO(sr_bytes))
-    texts = [item.TextValue for item in ds.ContentSequence[-1].ContentSequence]
+    _, texts = _evaluations(sr_bytes)
     assert ds.ContentSequence[-1].ConceptNameCodeSequence[0].CodeValue == "C0034375"
     assert ALGORITHM.notice in texts
     assert "Views analysed: 2 of 3." in texts
@@ -339,7 +382,10 @@ def test_sr_carries_notices_skipped_views_and_ihe_equipment(sr_bytes: bytes) -> 
 def test_sr_of_a_clinical_model_and_a_negative_study(
     views: list[ViewResult], tmp_path: Path
 ) -> None:
-    negative = StudyResult(0.12, False, "noisy_or", 0.5, {"LEG R": 0.12}, [views[1]], [])
+    # As the pipeline reports it: no candidate region on a negative view.
+    quiet = ViewResult(views[1].source,
+                       dataclasses.replace(views[1].prediction, findings=()), views[1].site)
+    negative = StudyResult(0.12, False, "noisy_or", 0.5, {"LEG R": 0.12}, [quiet], [])
     data = _to_bytes(build_sr(negative, CLINICAL, job_key="job-neg"))
     errors, _ = _dciodvfy(data, tmp_path, "neg")
     assert errors == []
@@ -347,8 +393,12 @@ def test_sr_of_a_clinical_model_and_a_negative_study(
     text = "\n".join(str(e.value) for e in ds.iterall() if e.VR in ("UT", "LO", "ST"))
     assert "synthetic" not in text.lower() and "NOT FOR DIAGNOSTIC" not in text
     assert "wrist-fx" in ds.SeriesDescription
-    study_group = srread(io.BytesIO(data)).content.get_image_measurement_groups()[0]
-    assert study_group.get_qualitative_evaluations()[0].value.meaning == "Absent"
+    study_item = _evaluations(data)[0][0]
+    assert study_item.ConceptCodeSequence[0].CodeMeaning == "Absent"
+    # No candidate region: no Imaging Measurements container, and the SR still reads back.
+    names = [i.ConceptNameCodeSequence[0].CodeValue for i in ds.ContentSequence]
+    assert "126010" not in names
+    assert srread(io.BytesIO(data)).content.get_planar_roi_measurement_groups() == []
     assert {sop for _, _, sop, _ in srread(io.BytesIO(data)).get_evidence()} == {
         views[1].sop_instance_uid}
 
@@ -466,7 +516,7 @@ def test_sc_rebuild_gives_the_same_uids_and_another_job_new_ones(
     # Only the algorithm's Device Observer UID does not depend on the job.
     device = algorithm_device_uid(ALGORITHM.manufacturer, ALGORITHM.name, ALGORITHM.version)
     assert ours & theirs == {device}
-    assert len(ours) >= 2 + 2 + 9  # SR + series, 2 SCs + series, 9 tracking UIDs
+    assert len(ours) >= 2 + 2 + 3  # SR + series, 2 SCs + series, a tracking UID per region
 
 
 def test_sc_of_a_paired_body_part_without_laterality_keeps_laterality_present(

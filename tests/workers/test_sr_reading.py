@@ -122,11 +122,15 @@ def test_each_finding_is_one_group_with_its_outline_and_point(
     findings = ["View 1 finding 1", "View 1 finding 2", "View 2 finding 1"]
     for label in findings:
         assert lines.count(f'Observation Context: Tracking Identifier = "{label}"') == 1, label
-    # Groups: study, site, two views, three findings.
-    assert lines.count("Measurement Group") == 7
-    assert lines.count("Polyline") == 2  # the two boxes, each once
-    # Each boxed finding names its peak once, under its score; the point-only one has none.
-    assert sum(ln.startswith("Inferred from: Representative point") for ln in lines) == 2
+    # One group per finding, nothing else: the study, site and view verdicts are qualitative
+    # evaluations (OHIF fails on a measurement group without coordinates).
+    assert lines.count("Measurement Group") == 3
+    # Each box twice: as the region, and as the Outline its score is inferred from.
+    assert lines.count("Polyline") == 4
+    assert sum(ln.startswith("Inferred from: Outline") for ln in lines) == 2
+    # Every score names the point it was read at: the boxed ones their peak, the point-only
+    # one its region.
+    assert sum(ln.startswith("Inferred from: Representative point") for ln in lines) == 3
     group = lines.index('Observation Context: Tracking Identifier = "View 1 finding 1"')
     end = lines.index('Observation Context: Tracking Identifier = "View 1 finding 2"')
     block = lines[group:end]
@@ -141,10 +145,11 @@ def test_numbers_read_as_percentages_with_one_decimal(
     lines = _render(build_sr(positive, ALGORITHM, job_key="job-read"), tmp_path, "pos")
     assert not [ln for ln in lines if LONG_DECIMAL.search(ln)]
     assert not [ln for ln in lines if re.search(r"\d 1$", ln)]  # the old "0.87 1"
-    values = [lines[i + 1] for i, ln in enumerate(lines)
-              if ln in ("Probability:", "Fracture evidence score:")]
-    # study, site, two views; three scores
-    assert len(values) == 7
+    scores = [lines[i + 1] for i, ln in enumerate(lines) if ln == "Fracture evidence score:"]
+    prefix = "Properties: Probability = "
+    probabilities = [ln.removeprefix(prefix) for ln in lines if ln.startswith(prefix)]
+    assert len(scores) == 3 and len(probabilities) == 4  # three regions; study, site, 2 views
+    values = scores + probabilities
     assert all(PERCENT_VALUE.match(v) for v in values), values
     assert values.count("99.9 %") == 3  # 0.999799 never reads as 100 %
     assert "100.0 %" not in lines
@@ -179,9 +184,11 @@ def test_impressions_of_negative_partial_and_unanalysed_studies(
     text = "Not analysed: outside the model's training domain; 1 of 1 view not analysed"
     assert study_impression(outside) == text
     lines = _render(build_sr(outside, CLINICAL, job_key="job-out"), tmp_path, "out")
-    assert lines.index(text) < lines.index("Imaging Measurements")
+    assert lines.index(text) < lines.index("Qualitative Evaluations")
+    assert "Imaging Measurements" not in lines  # no candidate region, no empty container
     # No number the node did not compute.
-    assert "Probability:" not in lines and "Fracture evidence score:" not in lines
+    assert not [ln for ln in lines if "Probability" in ln or "evidence score" in ln]
+    assert "Study not analysed: outside the model's training domain." in lines
 
     two_sites = StudyResult(0.9, True, "noisy_or", 0.5, {"WRIST L": 0.61, "WRIST R": 0.9},
                             views, [SKIPPED])

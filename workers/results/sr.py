@@ -13,25 +13,31 @@ Content tree, in reading order (IHE AI Results; PS3.16 template numbers):
   Both TEXT items are a TID 1500 extension placed before the measurements: TID 1500 is
   extensible and PS3.16 section 6.2.5 allows added items "at any semantically appropriate
   location ... regardless of whether the order ... is significant".
-- Imaging Measurements (TID 1500 row 6):
-  - one TID 1501 group for the study: Finding "Fracture of bone", a qualitative evaluation
-    Present / Absent, its Probability and the algorithm (TID 4019) with the aggregation and
-    threshold as parameters;
-  - one TID 1501 group per anatomic site of the aggregation (finding site, Probability,
-    Present / Absent);
-  - one TID 1501 group per analysed view (source image, finding site, Probability,
-    Present / Absent at the study threshold);
-  - one TID 1410 group per candidate region (tracking identifier and UID): its region is the
-    box (closed POLYLINE, purpose "Outline"), or the peak (POINT, purpose "Representative
-    point") when the region has no box; its TID 1419 measurement "Fracture evidence score"
-    (derivation Maximum) is INFERRED FROM the peak, a SCOORD POINT "Representative point"
-    SELECTED FROM the view (the TID 300 / TID 320 rows 3-4 pattern; an extension of the
-    extensible TID 1419, whose single Image Region is the box). SCOORD is in DICOM image
-    coordinates: the top-left corner of the top-left pixel is (0, 0).
-- Qualitative Evaluations (TID 1500 rows 12 and 14): TEXT comments with the model's notice
-  (the synthetic-data warning for demo models), how many views were analysed ("Views
-  analysed: n of m."), and one line per view received but not analysed, with the reason (out
-  of scope, outside the model's training domain, cannot be decoded).
+- Imaging Measurements (TID 1500 row 6), left out when no view has a candidate region: one
+  TID 1410 group per candidate region (tracking identifier and UID): its region is the box
+  (closed POLYLINE, purpose "Outline"), or the peak (POINT, purpose "Representative point")
+  when the region has no box; its TID 1419 measurement "Fracture evidence score" (derivation
+  Maximum) is INFERRED FROM the region (a SCOORD SELECTED FROM the view) and, for a box, from
+  its peak, a second SCOORD POINT "Representative point" (the TID 300 / TID 320 rows 3-4
+  pattern; an extension of the extensible TID 1419, whose single Image Region is the box).
+  SCOORD is in DICOM image coordinates: the top-left corner of the top-left pixel is (0, 0).
+- Qualitative Evaluations (TID 1500 rows 12-14): CODE items "Fracture of bone" = Present /
+  Absent for the study (with the algorithm, TID 4019, its aggregation and threshold as
+  parameters), for each anatomic site of the aggregation (finding site) and for each analysed
+  view (finding site, INFERRED FROM the view), each with its Probability (HAS PROPERTIES
+  NUM); then TEXT comments with the model's notice (the synthetic-data warning for demo
+  models), how many views were analysed ("Views analysed: n of m."), and one line per view
+  received but not analysed, with the reason (out of scope, outside the model's training
+  domain, cannot be decoded).
+
+Why the study, site and view results are not TID 1501 measurement groups: every group in
+Imaging Measurements must carry spatial coordinates for OHIF (3.13.2), whose SR loader reads
+``coords[0]`` of each group and fails on a TID 1501 group without SCOORD, taking the whole
+viewer down ("Something went wrong") for the study. Only the candidate regions have
+coordinates, so only they are measurement groups; a viewer draws them on the view with their
+evidence score. The score's first INFERRED FROM SCOORD is the region itself because
+Cornerstone, when a reader tracks the SR's measurements, rebuilds the box (a RectangleROI) or
+the point (a Probe) from the first SCOORD under the group's measurement.
 
 Probabilities and evidence scores are written as percentages with one decimal, UCUM "%"
 (CID 7181, like "1"), e.g. "87.0 %": a viewer shows the number with its unit as is (dsr2html
@@ -41,9 +47,9 @@ between 0 and 1 never shows as 0.0 % or 100.0 % (it is held to 0.1 % .. 99.9 %).
 impression line uses the same numbers. Every container is SEPARATE (not CONTINUOUS
 narrative), so a renderer prints each item's concept name ("Probability: 87.0 %").
 
-A study none of whose views could be analysed keeps its study group without a probability
-or a Present / Absent evaluation, and a comment "Study not analysed: <reason>": the report
-says that the node looked and why it gives no answer, never a number it did not compute.
+A study none of whose views could be analysed has no study evaluation and no probability,
+and a comment "Study not analysed: <reason>": the report says that the node looked and why it
+gives no answer, never a number it did not compute.
 
 Evidence is the views the model was given (the Current Requested Procedure Evidence
 Sequence); views that never reached the model are named in the comments only. Earlier SRs
@@ -58,22 +64,24 @@ import numpy as np
 import pydicom
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodeContentItem,
     Comprehensive3DSR,
     ContainerContentItem,
     ContentSequence,
     CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
+    FindingSite,
     GraphicTypeValues,
     ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
+    NumContentItem,
     ObservationContext,
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
-    QualitativeEvaluation,
     RelationshipTypeValues,
-    SourceImageForMeasurementGroup,
+    SourceImageForMeasurement,
     SourceImageForRegion,
     TextContentItem,
     TrackingIdentifier,
@@ -173,61 +181,46 @@ def study_impression(study: StudyResult) -> str:
     return text
 
 
-def _probability(value: float) -> Measurement:
-    return Measurement(name=c.PROBABILITY, value=as_percent(value), unit=c.PERCENT)
-
-
-def _presence(positive: bool) -> QualitativeEvaluation:
-    return QualitativeEvaluation(name=c.FRACTURE, value=c.PRESENT if positive else c.ABSENT)
-
-
 def _tracking(job_key: str, label: str, *parts: str) -> TrackingIdentifier:
     return TrackingIdentifier(uid=result_uid(job_key, "tracking", *parts), identifier=label)
 
 
-def _study_group(study: StudyResult, algorithm: AlgorithmInfo, job_key: str
-                 ) -> MeasurementsAndQualitativeEvaluations:
+def _evaluation(positive: bool, p: float, *, site: FindingSite | None = None,
+                algorithm: AlgorithmIdentification | None = None,
+                source: pydicom.Dataset | None = None) -> CodeContentItem:
+    """"Fracture of bone" = Present / Absent with its probability (HAS PROPERTIES), where
+    (finding site), by which algorithm, and from which view (INFERRED FROM IMAGE)."""
+    item = CodeContentItem(name=c.FRACTURE, value=c.PRESENT if positive else c.ABSENT,
+                           relationship_type=RelationshipTypeValues.CONTAINS)
+    children = ContentSequence()
+    if site is not None:
+        children.append(site)
+    children.append(NumContentItem(name=c.PROBABILITY, value=as_percent(p), unit=c.PERCENT,
+                                   relationship_type=RelationshipTypeValues.HAS_PROPERTIES))
+    if algorithm is not None:
+        children.extend(algorithm)
+    if source is not None:
+        children.append(SourceImageForMeasurement.from_source_image(source))
+    item.ContentSequence = children
+    return item
+
+
+def _evaluations(study: StudyResult, algorithm: AlgorithmInfo) -> list[CodeContentItem]:
+    """The study's verdict, then each aggregation site's, then each analysed view's."""
+    if study.fracture_probability is None or study.positive is None:
+        return []  # not analysed: the comments say why
     parameters = [f"aggregation={study.aggregation}", f"threshold={100 * study.threshold:g} %"]
-    analysed = study.fracture_probability is not None and study.positive is not None
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(job_key, "Study result", "study"),
-        finding_type=c.FRACTURE,
-        algorithm_id=_algorithm_id(algorithm, parameters),
-        measurements=([_probability(study.fracture_probability)]
-                      if study.fracture_probability is not None else None),
-        qualitative_evaluations=([_presence(study.positive)]
-                                 if analysed and study.positive is not None else None),
-    )
-
-
-def _site_group(label: str, p: float, study: StudyResult, algorithm: AlgorithmInfo,
-                job_key: str) -> MeasurementsAndQualitativeEvaluations:
-    site = c.site_finding_site(label)
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(job_key, f"Site {label}"[:64], "site", label),
-        finding_type=c.FRACTURE,
-        algorithm_id=_algorithm_id(algorithm, [f"aggregation={study.aggregation}"]),
-        finding_sites=[site] if site is not None else None,
-        measurements=[_probability(p)],
-        qualitative_evaluations=[_presence(p >= study.threshold)],
-    )
-
-
-def _view_group(index: int, view: ViewResult, study: StudyResult, algorithm: AlgorithmInfo,
-                job_key: str) -> MeasurementsAndQualitativeEvaluations:
-    site = c.finding_site(view.source, view.site)
-    p = view.prediction.fracture_probability
-    assert p is not None, "only analysed views have a view group"
-    label = f"View {index}" + (f" {view.site}" if view.site else "")
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(job_key, label[:64], "view", view.sop_instance_uid),
-        finding_type=c.FRACTURE,
-        algorithm_id=_algorithm_id(algorithm),
-        finding_sites=[site] if site is not None else None,
-        measurements=[_probability(p)],
-        qualitative_evaluations=[_presence(p >= study.threshold)],
-        source_images=[SourceImageForMeasurementGroup.from_source_image(view.source)],
-    )
+    items = [_evaluation(study.positive, study.fracture_probability,
+                         algorithm=_algorithm_id(algorithm, parameters))]
+    items += [_evaluation(p >= study.threshold, p, site=c.site_finding_site(label))
+              for label, p in sorted(study.site_probabilities.items())]
+    for view in study.views:
+        p = view.prediction.fracture_probability
+        if p is None:
+            continue  # named in the comments with the reason
+        items.append(_evaluation(p >= study.threshold, p, source=view.source,
+                                 site=c.finding_site(view.source, view.site)))
+    return items
 
 
 def box_polyline(box: tuple[float, float, float, float]) -> np.ndarray:
@@ -274,15 +267,18 @@ def _finding_groups(index: int, view: ViewResult, algorithm: AlgorithmInfo, job_
             measurements=[evidence],
             geometric_purpose=purpose,
         ))
+        # highdicom refuses coordinates on a measurement of a TID 1410 group (TID 1419 does
+        # not invoke TID 320), so they are added to the NUM item, which the group holds by
+        # reference, once the group is built: INFERRED FROM SCOORD SELECTED FROM the view, as
+        # TID 320 rows 3-4 encode it. The region comes first (Cornerstone rebuilds the
+        # annotation from the first one), then the peak inside a box.
+        inferred_from = [(region.graphic_type, region.value, purpose)]
         if finding.box is not None:
-            # highdicom refuses coordinates on a measurement of a TID 1410 group (TID 1419
-            # does not invoke TID 320), so the peak is added to the NUM item, which the group
-            # holds by reference, once the group is built: INFERRED FROM SCOORD POINT
-            # SELECTED FROM the view, as TID 320 rows 3-4 encode it.
+            inferred_from.append((GraphicTypeValues.POINT, point, c.REPRESENTATIVE_POINT))
+        for graphic_type, data, why in inferred_from:
             evidence[0].ContentSequence.append(CoordinatesForMeasurement(
-                GraphicTypeValues.POINT, point,
-                SourceImageForRegion.from_source_image(view.source),
-                purpose=c.REPRESENTATIVE_POINT,
+                graphic_type, data, SourceImageForRegion.from_source_image(view.source),
+                purpose=why,
             ))
     return groups
 
@@ -306,7 +302,10 @@ def _opening(study: StudyResult, algorithm: AlgorithmInfo) -> list[TextContentIt
     ]
 
 
-def _comments(study: StudyResult, algorithm: AlgorithmInfo) -> ContainerContentItem:
+def _qualitative_evaluations(study: StudyResult, algorithm: AlgorithmInfo
+                             ) -> ContainerContentItem:
+    """TID 1500 row 12: the study, site and view verdicts (row 13), then the comments
+    (row 14)."""
     texts = [algorithm.notice] if algorithm.notice else []
     total = len(study.views) + len(study.skipped)
     texts.append(f"Views analysed: {study.views_analysed} of {total}.")
@@ -329,9 +328,10 @@ def _comments(study: StudyResult, algorithm: AlgorithmInfo) -> ContainerContentI
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = ContentSequence([
-        TextContentItem(name=c.COMMENT, value=text,
-                        relationship_type=RelationshipTypeValues.CONTAINS)
-        for text in texts
+        *_evaluations(study, algorithm),
+        *(TextContentItem(name=c.COMMENT, value=text,
+                          relationship_type=RelationshipTypeValues.CONTAINS)
+          for text in texts),
     ])
     return container
 
@@ -376,6 +376,12 @@ def _separate(item: pydicom.Dataset) -> None:
         _separate(child)
 
 
+def _placeholder_group(job_key: str) -> MeasurementsAndQualitativeEvaluations:
+    """A group that only satisfies highdicom's MeasurementReport; never written."""
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(job_key, "placeholder", "placeholder"))
+
+
 def build_sr(
     study: StudyResult,
     algorithm: AlgorithmInfo,
@@ -402,29 +408,24 @@ def build_sr(
     sop_instance_uid = result_uid(job_key, "sr")
     _check_previous_versions(previous_versions, str(study.views[0].source.StudyInstanceUID),
                              sop_instance_uid)
-    groups: list[MeasurementsAndQualitativeEvaluations
-                 | PlanarROIMeasurementsAndQualitativeEvaluations] = [
-        _study_group(study, algorithm, job_key)
-    ]
-    groups += [_site_group(label, p, study, algorithm, job_key)
-               for label, p in sorted(study.site_probabilities.items())]
-    for index, view in enumerate(study.views, start=1):
-        if not view.analysed:
-            continue  # named in the comments with the reason
-        groups.append(_view_group(index, view, study, algorithm, job_key))
-        groups.extend(_finding_groups(index, view, algorithm, job_key))
+    groups = [group for index, view in enumerate(study.views, start=1) if view.analysed
+              for group in _finding_groups(index, view, algorithm, job_key)]
     report = MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=c.RADIOGRAPHIC_PROCEDURE,
-        imaging_measurements=groups,
+        # highdicom wants at least one group; without a candidate region the container is
+        # taken out below (TID 1500 needs row 6, 10 or 12: Qualitative Evaluations is there).
+        imaging_measurements=groups or [_placeholder_group(job_key)],
         title=c.REPORT_TITLE,
     )
     root = report[0]
     at = next(i for i, item in enumerate(root.ContentSequence)
               if item.name == codes.DCM.ImagingMeasurements)
+    if not groups:
+        del root.ContentSequence[at]
     for offset, item in enumerate(_opening(study, algorithm)):
         root.ContentSequence.insert(at + offset, item)
-    root.ContentSequence.append(_comments(study, algorithm))
+    root.ContentSequence.append(_qualitative_evaluations(study, algorithm))
     _separate(root)
     schemes = [c.IHE_CODING_SCHEME]
     if any(v.prediction.findings for v in study.views):
