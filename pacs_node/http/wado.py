@@ -375,6 +375,20 @@ def _rendered(match: InstanceMatch, frame: int, request: Request,
     return Response(image, media_type=rendering.media_type)
 
 
+@router.get("/studies/{study}/series/{series}/rendered",
+            summary="A series rendered as one image: its first image (a series thumbnail)")
+def rendered_series(study: str, series: str, request: Request,
+                    service: Service) -> Response:
+    # OHIF's study list asks this for a series' thumbnail before it knows any instance; one
+    # image is what it can show (a 404 made it retry through QIDO and the instance).
+    images = [match for match in _find(service, study, series) if match.Rows]
+    if not images:
+        raise HTTPException(404, "this series has no image to render")
+    first = min(images, key=lambda m: (m.InstanceNumber is None, m.InstanceNumber or 0,
+                                       m.SOPInstanceUID))
+    return _rendered(first, 1, request, service)
+
+
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered",
             summary="An instance rendered (first frame)")
 def rendered_instance(study: str, series: str, instance: str, request: Request,

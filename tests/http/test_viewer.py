@@ -23,8 +23,9 @@ from pydicom.data import get_testdata_file
 
 from pacs_node.http.viewer import default_viewer_dir
 from storage import InstanceMeta, ingest
+from tests.dimse.dimse_helpers import make_instance
 
-from .conftest import Web
+from .conftest import SR_STORAGE, Web, uid
 
 
 def require_viewer() -> Path:
@@ -140,3 +141,25 @@ def test_colour_thumbnails_show_the_stored_colours(make_web: Callable[..., Web])
     assert jpeg.PhotometricInterpretation == "YBR_FULL"
     reference = pydicom.dcmread(get_testdata_file("SC_rgb.dcm")).pixel_array.astype(int)
     assert np.abs(_rendered_rgb(web, jpeg) - reference).mean() < 3  # JPEG loss only
+
+
+def test_a_series_renders_as_its_first_image(web: Web) -> None:
+    """OHIF's study list asks /series/{se}/rendered for a series thumbnail."""
+    base = f"{web.url}/dicomweb/studies/{uid(1)}/series/{uid(1, 1)}"
+    jpeg = {"Accept": "image/jpeg"}
+    size = {"viewport": "256,256"}
+    thumb = requests.get(f"{base}/rendered", params=size, headers=jpeg, timeout=30)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    first, second = (requests.get(f"{base}/instances/{uid(1, 1, n)}/rendered", params=size,
+                                  headers=jpeg, timeout=30).content for n in (1, 2))
+    assert thumb.content == first != second
+    report = make_instance(5, 9, 1, Modality="SR", SOPClassUID=SR_STORAGE)
+    for keyword in ("PixelData", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated",
+                    "BitsStored", "HighBit", "PixelRepresentation",
+                    "PhotometricInterpretation"):
+        delattr(report, keyword)
+    web.add(report)
+    no_image = f"{web.url}/dicomweb/studies/{uid(5)}/series/{uid(5, 9)}/rendered"
+    assert requests.get(no_image, headers=jpeg, timeout=30).status_code == 404
+    unknown = f"{web.url}/dicomweb/studies/{uid(1)}/series/{uid(1, 8)}/rendered"
+    assert requests.get(unknown, headers=jpeg, timeout=30).status_code == 404
