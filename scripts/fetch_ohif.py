@@ -10,7 +10,8 @@
 3. ``package/dist/`` is unpacked and rebased from the site root to ``--base``: the build
    assumes it is served at ``/`` (asset URLs in index.html, ``window.PUBLIC_URL``, the
    webpack public path in the bundles, the manifest's icons), the node serves it at
-   ``/viewer/``;
+   ``/viewer/``; and one patch (:func:`patch`) lets it open our SR of a study without
+   candidate regions;
 4. the result replaces ``<dest>/dist`` in one rename and ``<dest>/installed.json`` records
    what is there. A second run with the same pins finds that record and does nothing.
 
@@ -33,8 +34,18 @@ from pathlib import Path
 
 PACKAGE = "@ohif/app"
 MARKER = "installed.json"
-# Bumped whenever rebase() changes, so that `make install` redoes an older rebased copy.
-REBASE_VERSION = 2
+# Bumped whenever rebase() or patch() changes, so that `make install` redoes an older copy.
+REBASE_VERSION = 3
+# OHIF (3.13.2) opens an Imaging Measurement Report in its measurement viewport, which shows
+# measurements[0] and fails ("Something went wrong") when the report has no measurement
+# group: our SR of a study without candidate regions. patch() sends such a report to OHIF's
+# SR text viewport, which shows its content (impression, verdicts, comments).
+_IMR_TEST = re.compile(
+    r"(const isImagingMeasurementReport = ConceptNameCodeSequence\?\.CodeValue === "
+    r"[^;]*?\.ImagingMeasurementReport);")
+_HAS_GROUPS = (r"\g<1> && [].concat(instance.ContentSequence || []).some(item => "
+               r"item.ConceptNameCodeSequence?.CodeValue === '126010' && "
+               r"[].concat(item.ContentSequence || []).length > 0);")
 
 
 class FetchError(RuntimeError):
@@ -130,6 +141,17 @@ def rebase(dist: Path, base: str) -> None:
     print(f"rebased to {base} ({patched} bundles set the public path)")
 
 
+def patch(dist: Path) -> None:
+    """Make the viewer open a measurement report without measurements as text (see
+    ``_IMR_TEST``); refuses a build where the code to patch is not found exactly once."""
+    found = [js for js in sorted(dist.glob("*.js")) if _IMR_TEST.search(js.read_text("utf-8"))]
+    if len(found) != 1:
+        raise FetchError(f"the SR display-set code is in {len(found)} bundles, not 1: "
+                         "check the pinned version")
+    _substitute(found[0], _IMR_TEST.pattern, _HAS_GROUPS, required=True)
+    print(f"patched {found[0].name}: a report without measurements opens as text")
+
+
 def fetch(version: str, integrity: str, dest: Path, base: str) -> bool:
     """Install the viewer into ``dest/dist``; False when it was already there."""
     marker = dest / MARKER
@@ -152,6 +174,7 @@ def fetch(version: str, integrity: str, dest: Path, base: str) -> bool:
         staged = work / "dist"
         _unpack_dist(tarball, staged)
         rebase(staged, base)
+        patch(staged)
         marker.unlink(missing_ok=True)
         old = dest / "dist"
         if old.exists():

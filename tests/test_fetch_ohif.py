@@ -31,6 +31,9 @@ INDEX = ('<link rel="manifest" href="/manifest.json"><script>window.PUBLIC_URL="
          '</script><a href="//cdn.example/x">x</a>')
 BUNDLE = ('__webpack_require__.p = "/";\n'
           "window.browserImportFunction('/dicom-microscopy-viewer/x.min.js');\n")
+SR_CHUNK = ("const isImagingMeasurementReport = ConceptNameCodeSequence?.CodeValue === "
+            "enums/* .CodeNameCodeSequenceValues.ImagingMeasurementReport */"
+            ".n7.ImagingMeasurementReport;\n")
 
 
 def _dist(root: Path) -> Path:
@@ -40,6 +43,7 @@ def _dist(root: Path) -> Path:
     (dist / "app-config.js").write_text("window.config = {};")
     (dist / "app.bundle.0f61.js").write_text(BUNDLE)
     (dist / "12.bundle.aa.js").write_text('__webpack_require__.p = "/";')
+    (dist / "7248.bundle.bb.js").write_text(SR_CHUNK)
     (dist / "app.bundle.css").write_text("src:url(/a34f.woff2) format('woff2')")
     (dist / "manifest.json").write_text('{"icons": [{"src": "/assets/a.png"}]}')
     return dist
@@ -61,6 +65,18 @@ def test_rebase_moves_every_root_url_under_the_base(fetch_ohif: ModuleType,
     assert '"src": "/viewer/assets/a.png"' in (dist / "manifest.json").read_text()
 
 
+def test_patch_opens_a_report_without_measurements_as_text(fetch_ohif: ModuleType,
+                                                           tmp_path: Path) -> None:
+    dist = _dist(tmp_path)
+    fetch_ohif.patch(dist)
+    code = (dist / "7248.bundle.bb.js").read_text()
+    assert ".n7.ImagingMeasurementReport && [].concat(instance.ContentSequence" in code
+    assert "=== '126010' && [].concat(item.ContentSequence || []).length > 0);" in code
+    (dist / "7248.bundle.bb.js").write_text("// another version")
+    with pytest.raises(fetch_ohif.FetchError, match="in 0 bundles"):
+        fetch_ohif.patch(dist)
+
+
 def test_a_build_of_another_layout_is_refused(fetch_ohif: ModuleType, tmp_path: Path) -> None:
     dist = _dist(tmp_path)
     (dist / "app.bundle.0f61.js").write_text("__webpack_require__.p = 'auto';")
@@ -74,6 +90,7 @@ def _tarball(path: Path) -> str:
         for name, text in (("package/dist/index.html", INDEX),
                            ("package/dist/app-config.js", "window.config = {};"),
                            ("package/dist/app.bundle.0f61.js", BUNDLE),
+                           ("package/dist/7248.bundle.bb.js", SR_CHUNK),
                            ("package/package.json", "{}")):
             data = text.encode()
             info = tarfile.TarInfo(name)
