@@ -163,3 +163,13 @@ def test_a_series_renders_as_its_first_image(web: Web) -> None:
     assert requests.get(no_image, headers=jpeg, timeout=30).status_code == 404
     unknown = f"{web.url}/dicomweb/studies/{uid(1)}/series/{uid(1, 8)}/rendered"
     assert requests.get(unknown, headers=jpeg, timeout=30).status_code == 404
+
+
+def test_with_auth_on_the_viewer_files_stay_public_and_dicomweb_asks_for_a_token(
+        make_web: Callable[..., Web]) -> None:
+    require_viewer()
+    web = make_web(http={"auth": True})
+    for path in ("/viewer/", "/viewer/app-config.js", "/viewer/viewer?StudyInstanceUIDs=1.2"):
+        assert requests.get(web.url + path, timeout=30).status_code == 200, path
+    answer = requests.get(f"{web.url}/dicomweb/studies", timeout=30)
+    assert answer.status_code == 401 and "Bearer" in answer.headers["www-authenticate"]
