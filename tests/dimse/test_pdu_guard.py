@@ -18,6 +18,7 @@ from pacs_node.dimse import StoreStatus
 from pacs_node.dimse._pdu_guard import STALL_SECONDS
 from pacs_node.dimse._server import ACSE_TIMEOUT_S
 
+from . import raw_peer as rp
 from .dimse_helpers import CR_IMAGE, Node, make_instance
 
 
@@ -76,3 +77,46 @@ def test_a_stalled_header_and_a_silent_connection_are_closed(node: Node) -> None
         limit = max(ACSE_TIMEOUT_S, STALL_SECONDS) + 5
         assert _closed_within(silent, limit) is not None, "a silent connection stayed open"
         assert _closed_within(stalled, limit) is not None, "a stalled header stayed open"
+
+
+# -- found by the hostile battery (test_hostile_battery) --------------------------------------
+
+ECHO = rp.p_data([(1, 0x03, rp.command_set({
+    "AffectedSOPClassUID": "1.2.840.10008.1.1", "CommandField": 0x0030, "MessageID": 1,
+    "CommandDataSetType": 0x0101}))])
+VERIFICATION_RQ = rp.associate_rq([(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])])
+
+
+def test_an_empty_p_data_pdu_is_aborted(node: Node) -> None:
+    """pynetdicom took a P-DATA-TF without a presentation data value as nothing and
+    waited; PS3.8 9.3.5 wants one at least."""
+    with rp.RawPeer(node.port) as peer:
+        peer.associate(VERIFICATION_RQ)
+        peer.send(rp.pdu(rp.P_DATA_TF, b""))
+        answer = peer.answer(time.monotonic(), 2.0, until_final=False)
+    assert answer.kind in ("A-ABORT", "closed"), answer
+    assert node.send(make_instance()) == [StoreStatus.SUCCESS]
+
+
+@pytest.mark.parametrize("tail", [b"\x04\x00\x00", rp.pdu(rp.P_DATA_TF, b"\x00" * 40,
+                                                          length=200)],
+                         ids=["part-of-a-header", "a-header-and-part-of-a-body"])
+def test_a_request_is_answered_while_the_next_pdu_is_on_its_way(node: Node,
+                                                               tail: bytes) -> None:
+    """pynetdicom's DUL thread reads and sends: it blocked reading the next PDU (until the
+    stall limit) while the answer to the whole one before it waited."""
+    with rp.RawPeer(node.port) as peer:
+        started = time.monotonic()
+        peer.send(VERIFICATION_RQ + tail)
+        answer = peer.answer(started, 2.0, until_final=False)
+        assert answer.kind == "A-ASSOCIATE-AC", answer
+    with rp.RawPeer(node.port) as peer:
+        peer.associate(VERIFICATION_RQ)
+        started = time.monotonic()
+        peer.send(ECHO + tail)
+        answer = peer.answer(started, 2.0)
+        assert (answer.kind, answer.statuses) == ("response", [0x0000]), answer
+        if len(tail) > 6:  # (once is enough: the same reader for header and body)
+            # The PDU in progress is still bounded: its stall closes the connection.
+            closed = peer.answer(time.monotonic(), STALL_SECONDS + 5, until_final=False)
+            assert closed.kind in ("closed", "A-ABORT"), closed
