@@ -21,7 +21,7 @@ from storage import FileStore
 from ..config import NodeSettings
 from ._assoc_guard import NodeAE, check_association_request, install_thread_guards
 from ._find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindContext, handle_find
-from ._guard import guard_request
+from ._guard import guard_request, install_message_guard
 from ._logfilter import PEER_EVENT, install_network_log_filter
 from ._pdu_guard import install_pdu_guard
 from ._store import StoreContext, handle_store
@@ -205,6 +205,7 @@ class DimseServer:
             _quiet_patient_data()
             install_pdu_guard()  # PDU length and stalls bounded on receive
             install_thread_guards()  # a failing pynetdicom thread aborts, never hangs
+            install_message_guard()  # an undecodable command set aborts, one log line
             install_network_log_filter()  # resets, aborts, garbage: one line, capped per peer
             handlers: list[Any] = [
                 (evt.EVT_C_STORE, handle_store, [self._store_context]),
