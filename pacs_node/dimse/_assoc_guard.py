@@ -24,6 +24,14 @@ What each guard covers in pynetdicom 3.0.4:
   primitive inside its state machine, which killed the DUL thread: the PDU guard
   (``_pdu_guard``) now makes that conversion part of decoding, so the request is an
   invalid PDU answered with an A-ABORT.
+- **Listen backlog.** socketserver listens with a backlog of 5: a burst of connections
+  (idle ones, a scan) overflowed it and further connects waited for the client's SYN
+  retransmission (1 s, then 3 s) before they were even accepted. :class:`_GuardedServer`
+  listens with :data:`LISTEN_BACKLOG`.
+- **Application context.** pynetdicom accepts a request without the DICOM application
+  context name (1.2.840.10008.3.1.1.1), or with another or an empty one;
+  :func:`check_association_request` rejects it with "application context name not
+  supported" (PS3.8 9.3.4).
 - **Threads that fail.** :func:`install_thread_guards` wraps the acceptor's and the DUL's
   reactors: an exception that still escapes ends the association with an A-ABORT, closes
   the socket and wakes the other thread, instead of leaving a thread waiting for a peer
@@ -52,6 +60,9 @@ __all__ = ["NodeAE", "check_association_request", "install_thread_guards",
 log = logging.getLogger(__name__)
 
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd IDs 1-255
+DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+#: Connections the kernel holds for the listener before it accepts them.
+LISTEN_BACKLOG = 128
 _lock = threading.Lock()
 _installed = False
 
@@ -97,19 +108,42 @@ def _acceptors(server: Any) -> list[Association]:
 
 
 class _GuardedServer(ThreadedAssociationServer):
-    """Closes a new connection at once while the pending pool is full (see module doc)."""
+    """Closes a new connection at once while the pending pool is full (see module doc),
+    and listens with a backlog of :data:`LISTEN_BACKLOG` (socketserver's is 5: a burst of
+    connections overflowed it, and a modality's connect waited for SYN retransmissions,
+    1 s and more, while its acceptor threads were being started)."""
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Connections let in whose Association thread is not started yet: the thread that
+        # starts it runs after verify_request has let the next ones in, so counting threads
+        # alone let a burst past the limit.
+        self._starting = 0
+        self._starting_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         limit = getattr(self.ae, "pending_limit", None)
         if limit is None:
             return True
         pending = sum(1 for assoc in _acceptors(self) if not assoc.is_established)
-        if pending < limit:
-            return True
+        with self._starting_lock:
+            pending += self._starting
+            if pending < limit:
+                self._starting += 1
+                return True
         host = client_address[0] if isinstance(client_address, tuple) else client_address
         log.warning("refused a connection from %s: %d connections are already waiting to "
                     "establish an association (node limit)", host, pending)
         return False
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().finish_request(request, client_address)  # starts the Association
+        finally:
+            with self._starting_lock:
+                self._starting -= 1
 
 
 def request_problem(request: A_ASSOCIATE) -> str | None:
@@ -152,6 +186,12 @@ def check_association_request(event: Event) -> None:
     if problem is not None:
         log.warning("association request from %s refused: %s", _peer(assoc), problem)
         _reject(assoc, 0x01, 0x01, 0x01)  # rejected permanent, no reason given
+        return
+    application = str(getattr(request, "application_context_name", None) or "")
+    if application != DICOM_APPLICATION_CONTEXT:
+        log.warning("association request from %s refused: application context %r is not "
+                    "DICOM's", _peer(assoc), application[:64])
+        _reject(assoc, 0x01, 0x01, 0x02)  # permanent, application context not supported
         return
     limit = getattr(assoc.ae, "established_limit", None)
     if limit is None:

@@ -16,6 +16,15 @@ counted and reported as one "suppressed" line when the window has passed (on the
 record, or :meth:`flush`).
 Our own lines logged in a peer's association thread join the cap when they are warnings
 (refusals, aborts, guards) or pass ``extra=PEER_EVENT`` (association accepted, released).
+
+pynetdicom also quotes what the peer sent, whole and raw: ``utils.decode_bytes`` logs the
+``UnicodeDecodeError`` of an AE title that is not ASCII with its traceback, and its value
+checks log "Invalid 'Calling AE Title' value ..." at ERROR with the value as sent, so a
+calling AE title ``X\nERROR ...`` wrote a line of its own making, and a 60 KB UID in a
+role selection item a 60 KB line. The filter makes the first a WARNING without traceback,
+logs pynetdicom's ERROR lines about a peer's values as WARNING, and writes control
+characters escaped and at most :data:`MAX_LINE` characters of every line it sees (ours
+quote UIDs and AE titles a peer sent, too).
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["PEER_EVENT", "NetworkLogFilter", "install_network_log_filter", "is_network_error"]
+__all__ = ["MAX_LINE", "PEER_EVENT", "NetworkLogFilter", "install_network_log_filter",
+           "is_network_error", "printable"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,17 @@ _HEADERS: Mapping[str, tuple[str, bool]] = {
 _UNKNOWN_PDU = re.compile(r"Unknown PDU type received '(0x[0-9A-Fa-f]{2})'")  # READ_PDU_EXC_C
 _SHORT_PDU = re.compile(r"The received PDU is shorter than expected \((.*)\)")  # READ_PDU_EXC_E
 _NUMBERS = re.compile(r"0x[0-9A-Fa-f]+|\d+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Most characters of one of pynetdicom's lines that are written (what a peer sent can be
+#: megabytes).
+MAX_LINE = 500
+
+
+def printable(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` with control characters escaped (``\\x0a``) and cut after ``limit``
+    characters: what a peer sent, made fit for one log line."""
+    cut = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text[:limit])
+    return cut + (f"... ({len(text)} characters)" if len(text) > limit else "")
 
 
 def is_network_error(exc: BaseException | None) -> bool:
@@ -117,6 +138,8 @@ class NetworkLogFilter(logging.Filter):
         try:
             if record.name.startswith("pynetdicom") and not self._rewrite(record):
                 return False
+            if record.levelno >= logging.INFO:  # DEBUG dumps PDUs, lines and all
+                self._sanitise(record)
             if (record.name.startswith("pynetdicom") or record.levelno >= logging.WARNING
                     or getattr(record, "peer_event", False)):
                 return self._within_cap(record)
@@ -143,6 +166,11 @@ class NetworkLogFilter(logging.Filter):
         _, where = _peer()
         if record.exc_info is not None and record.exc_info[1] is not None:
             exc = record.exc_info[1]
+            if isinstance(exc, UnicodeError) and record.name == "pynetdicom.utils":
+                # utils.decode_bytes: an AE title or UID the peer sent is not ASCII.
+                self._set(record, logging.WARNING, "%s: sent a value that is not ASCII (%s)",
+                          where, type(exc).__name__)
+                return True
             wording, peer_input = _HEADERS.get(header or "", (header or "network error",
                                                               False))
             if is_network_error(exc):
@@ -168,6 +196,18 @@ class NetworkLogFilter(logging.Filter):
             self._set(record, logging.WARNING, "%s: connection closed in the middle of a PDU "
                       "(%s)", where, match.group(1))
         return True
+
+    def _sanitise(self, record: logging.LogRecord) -> None:
+        """Escape control characters and cut what a line quotes of a peer's values;
+        pynetdicom's ERROR lines about those values (``pynetdicom.utils``) become
+        WARNINGs."""
+        if record.name == "pynetdicom.utils" and record.levelno == logging.ERROR and \
+                record.exc_info is None:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        message = record.getMessage()
+        if len(message) <= MAX_LINE and not _CONTROL.search(message):
+            return
+        record.msg, record.args = printable(message), None
 
     # -- the cap per peer ------------------------------------------------------------------
 

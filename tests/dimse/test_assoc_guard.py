@@ -20,6 +20,7 @@ from pynetdicom.transport import AddressInformation
 
 from pacs_node.dimse import StoreStatus
 
+from . import raw_peer as rp
 from .dimse_helpers import AE_TITLE, SCU_AE, Node, make_instance, wait_for
 
 IMPLICIT = "1.2.840.10008.1.2"
@@ -170,3 +171,16 @@ def test_the_association_limit_counts_associations_not_sockets(
         second.release()
         for sock in idle:
             sock.close()
+
+
+@pytest.mark.parametrize("application", [None, b"", b"1.2.3.4"],
+                         ids=["missing", "empty", "another"])
+def test_a_request_without_the_dicom_application_context_is_rejected(
+        node: Node, application: bytes | None) -> None:
+    """pynetdicom accepted it (found by the hostile battery): PS3.8 9.3.4 says reject,
+    "application context name not supported"."""
+    with rp.RawPeer(node.port) as peer:
+        peer.send(rp.associate_rq([(1, Verification, [IMPLICIT])], application=application))
+        kind, body = peer.read_pdu(time.monotonic() + 2.0)
+    assert (kind, body[1:4]) == (A_ASSOCIATE_RJ, b"\x01\x01\x02")
+    assert echo(node)

@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pacs_node.dimse._logfilter import NetworkLogFilter, install_network_log_filter
+from pacs_node.dimse._logfilter import MAX_LINE, NetworkLogFilter, install_network_log_filter
 
+from . import raw_peer as rp
 from .dimse_helpers import AE_TITLE, SCU_AE, Node, run_dcmtk, wait_for
 
 BURST = 50
@@ -121,6 +122,10 @@ PEERS: dict[str, Callable[[Node], None]] = {
 
 
 def _settled(node: Node) -> None:
+    """Wait until the node has taken every connection made so far and ended them: a
+    C-ECHO behind them in the listen queue is answered only once they are accepted (the
+    queue is first in, first out; a connect returns before the node accepts it)."""
+    assert echo_works(node)
     wait_for(lambda: not node.server._server.active_associations,  # noqa: SLF001
              20, "the hostile connections to end")
 
@@ -347,3 +352,44 @@ def test_debug_lines_are_not_capped(dul: logging.Logger,
 
     _as_peer("10.1.2.3", chatty)
     assert len(caplog.records) == 10  # asked for at DEBUG: all of it
+
+
+# -- what pynetdicom quotes of a peer's values (found by the hostile battery) ---------------
+
+@pytest.mark.parametrize("calling", [b"\xc3\xa9\xff\x80", b"X\nERROR fake", b"EVIL\x07\x1b[2J"],
+                         ids=["not-ascii", "newline", "escape-sequence"])
+def test_an_ae_title_never_writes_a_line_or_a_traceback(
+        node: Node, calling: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with _connect(node) as sock:
+        sock.sendall(rp.associate_rq([(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
+                                     calling=calling))
+        _drain_until_answer(sock)
+    _settled(node)
+    records = list(caplog.records)
+    _no_tracebacks(records)
+    for record in records:
+        message = record.getMessage()
+        assert "\n" not in message and "\x1b" not in message and "\x07" not in message, \
+            message
+        assert record.levelno <= logging.WARNING, message
+    assert echo_works(node)
+
+
+def test_a_huge_value_is_cut_in_the_log(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    """A 60,000-character UID in a role selection item was one 60 KB line."""
+    caplog.set_level(logging.INFO)
+    role = rp.item(0x54, struct.pack(">H", 60000) + b"1" * 60000 + b"\x01\x01")
+    with _connect(node) as sock:
+        sock.sendall(rp.associate_rq([(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
+                                     user=rp.user_information(extra=role)))
+        _drain_until_answer(sock)
+    _settled(node)
+    lengths = [len(r.getMessage()) for r in caplog.records]
+    assert lengths and max(lengths) < MAX_LINE + 100, max(lengths)
+
+
+def _drain_until_answer(sock: socket.socket) -> None:
+    """Read the node's first PDU (an A-ASSOCIATE-AC or -RJ, or an A-ABORT), then leave."""
+    sock.settimeout(5)
+    assert sock.recv(6), "the node did not answer"
