@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom import Dataset, dcmread
+from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
@@ -96,6 +97,10 @@ def _receive(event: Event) -> _Received:
     else:
         data = event.encoded_dataset()
         size = len(data)
+    # Success only for a complete, well-formed data set (every length within the data,
+    # sequences closed, pixels all there, the codestream's own header agreeing). First:
+    # pydicom's header read inflates a whole deflated data set, bomb or not.
+    summary = check_encoding(data, transfer_syntax)
     ds = _read_header(data)
     try:
         meta = InstanceMeta.from_dataset(ds, transfer_syntax_uid=transfer_syntax)
@@ -116,10 +121,18 @@ def _receive(event: Event) -> _Received:
     if meta.sop_class_uid != negotiated:
         raise _Mismatch(f"data set has SOP Class {meta.sop_class_uid}, the presentation "
                         f"context was negotiated for {negotiated}")
-    # Success only for a complete, well-formed data set (every length within the data,
-    # sequences closed, pixels all there, the codestream's own header agreeing).
-    check_encoding(data, transfer_syntax)
+    if summary.pixel_offset is None and _is_image(meta.sop_class_uid):
+        # A data set cut between two elements reads as a whole, shorter one: an image
+        # without its Pixel Data is one (every Image IOD requires it, PS3.3 C.7.6.3).
+        raise InvalidInstance("an image without Pixel Data")
     return _Received(data, size, meta)
+
+
+def _is_image(sop_class_uid: str) -> bool:
+    """Whether the SOP Class is an image storage class (pydicom's name for it says so:
+    "Computed Radiography Image Storage", "Digital X-Ray Image Storage - For
+    Presentation"...)."""
+    return "Image Storage" in UID(sop_class_uid).name
 
 
 def _nudge(context: StoreContext, study_uid: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,37 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.02)
+
+
+class RssSampler(threading.Thread):
+    """Samples ``VmRSS`` of process ``pid`` every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(name="battery-rss", daemon=True)
+        self.pid, self.interval = pid, interval
+        self.stop = threading.Event()
+        self.baseline = rss_bytes(pid)
+        self.peak, self.peak_at = self.baseline, time.monotonic()
+        self.samples = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            value = rss_bytes(self.pid)
+            if value > self.peak:
+                self.peak, self.peak_at = value, time.monotonic()
+            self.samples += 1
+            self.stop.wait(self.interval)
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def uid(*parts: int) -> str:

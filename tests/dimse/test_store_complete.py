@@ -4,8 +4,10 @@ nothing is stored; the node keeps serving."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -22,8 +25,11 @@ from pydicom.uid import (
 from pynetdicom import _config
 
 from pacs_node.dimse import StoreStatus
+from storage import OutOfResources
+from storage.encoding import MAX_INFLATED_BYTES
 
-from .dimse_helpers import Node, make_instance, part10
+from .dicom_bytes import deflate_bomb
+from .dimse_helpers import Node, RssSampler, make_instance, part10
 
 
 def _encode(ds: Dataset, *, implicit: bool = False) -> bytes:
@@ -85,7 +91,36 @@ BODIES: dict[str, tuple[str, Callable[[Dataset], bytes]]] = {
                           + _element(0x00081115, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000,
                                                                     0xFFFFFFFF),
                                      length=0xFFFFFFFF)),
+    # Found by the hostile battery. A data set cut between two elements reads as a whole
+    # one: an image without its Pixel Data, or without any image attribute.
+    "cut-just-before-the-pixel-data": (ExplicitVRLittleEndian, _without_pixels),
+    "cut-just-before-the-image-attributes": (ExplicitVRLittleEndian, lambda ds: _encode(
+        _only_below(ds, 0x00280000))),
+    # Deflated data sets were never walked: pydicom inflated them and read what it could.
+    "deflated-cut-inside-pixel-data": (DeflatedExplicitVRLittleEndian,
+                                       lambda ds: _deflate(_encode(ds)[:-100])),
+    "deflated-implicit-bytes": (DeflatedExplicitVRLittleEndian,
+                                lambda ds: _deflate(_encode(ds, implicit=True))),
+    "deflated-pixel-data-short": (DeflatedExplicitVRLittleEndian, lambda ds: _deflate(
+        _without_pixels(ds) + _element(0x7FE00010, b"OB", b"\x00" * 100))),
+    "deflate-stream-cut-short": (DeflatedExplicitVRLittleEndian,
+                                 lambda ds: _deflate(_encode(ds))[:-5]),
+    "bytes-after-the-deflate-stream": (DeflatedExplicitVRLittleEndian,
+                                       lambda ds: _deflate(_encode(ds)) + b"\x00" * 8),
 }
+
+
+def _only_below(ds: Dataset, tag: int) -> Dataset:
+    copy = Dataset()
+    for element in ds:
+        if element.tag < tag:
+            copy.add(element)
+    return copy
+
+
+def _deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
 
 
 def _file(tmp_path: Path, ds: Dataset, syntax: str, body: bytes) -> Path:
@@ -113,10 +148,36 @@ def test_valid_compressed_and_implicit_data_is_still_stored(
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     implicit = make_instance(1, 1, 1)
     good_j2k = make_instance(1, 1, 2)
+    deflated = make_instance(1, 1, 3)
     files = [_file(tmp_path, implicit, ImplicitVRLittleEndian, _encode(implicit, implicit=True)),
              _file(tmp_path, good_j2k, JPEG2000Lossless,
-                   _encapsulated(good_j2k, _j2k_siz(16, 16)))]
+                   _encapsulated(good_j2k, _j2k_siz(16, 16))),
+             # A deflate stream padded to an even length (PS3.5 A.5) is whole.
+             _file(tmp_path, deflated, DeflatedExplicitVRLittleEndian,
+                   (lambda z: z + b"\x00" * (len(z) % 2))(_deflate(_encode(deflated))))]
     statuses = node.send(*files, contexts=[
         (implicit.SOPClassUID, [ImplicitVRLittleEndian]),
-        (implicit.SOPClassUID, [JPEG2000Lossless])])
-    assert statuses == [StoreStatus.SUCCESS, StoreStatus.SUCCESS]
+        (implicit.SOPClassUID, [JPEG2000Lossless]),
+        (implicit.SOPClassUID, [DeflatedExplicitVRLittleEndian])])
+    assert statuses == [StoreStatus.SUCCESS] * 3
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(
+        node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2.6 MB of deflate that inflate to 2.5 GiB: pydicom inflated all of it to read the
+    header (found by the hostile battery). Now at most MAX_INFLATED_BYTES: 0xA700."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = make_instance(1, 1, 1)
+    bomb = _file(tmp_path, ds, DeflatedExplicitVRLittleEndian,
+                 deflate_bomb(_without_pixels(ds), (5 << 30) // 2))
+    rss = RssSampler(os.getpid())
+    rss.start()
+    try:
+        (status,) = node.send(bomb, contexts=[(ds.SOPClassUID,
+                                               [DeflatedExplicitVRLittleEndian])])
+    finally:
+        rss.stop.set()
+        rss.join()
+    assert status == OutOfResources.dimse_status  # 0xA700
+    assert rss.peak - rss.baseline < MAX_INFLATED_BYTES + (256 << 20)
+    assert node.files() == [] and node.instances() == []
