@@ -42,6 +42,7 @@ __all__ = [
     "NodeTls",
     "PipelineSettings",
     "QueueSettings",
+    "Remote",
     "RouteRule",
     "Settings",
     "StorageSettings",
@@ -232,6 +233,20 @@ class Destination(_Section):
     _check_ae = field_validator("ae_title")(_ae_title)
 
 
+class Remote(_Section):
+    """``remotes[]``: a DICOM peer the node sends to on request: a C-MOVE to its AE title
+    sends the instances there (the PACS or workstation pulling from the node). The
+    ``destinations`` are C-MOVE destinations too."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: DestinationTls = Field(default_factory=DestinationTls)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
 class DeliverySettings(_Section):
     max_attempts: int = Field(8, ge=1, le=100)
     backoff_initial_seconds: float = Field(2.0, gt=0)
@@ -252,6 +267,7 @@ class Settings(BaseSettings):
     study: StudySettings = Field(default_factory=StudySettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     destinations: list[Destination] = Field(default_factory=list)
+    remotes: list[Remote] = Field(default_factory=list)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
 

@@ -30,7 +30,7 @@ from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 
 from .config import ConfigError, Settings
 from .delivery import DeliveryService
-from .dimse import DimseServer
+from .dimse import DimseServer, MoveDestination
 from .http import HttpServer, create_app
 from .tls import destination_contexts, server_context
 from .tracker import StudyTracker
@@ -127,6 +127,7 @@ class Node:
         try:  # certificates and keys are read before anything starts
             listener_tls = server_context(tls) if tls.enabled else None
             sending_tls = destination_contexts(s.destinations)
+            remote_tls = destination_contexts(s.remotes, section="remotes")
         except ConfigError as exc:
             raise NodeStartError(str(exc)) from None
         if tls.plain_listener:
@@ -161,16 +162,25 @@ class Node:
                                         s.delivery, calling_ae=s.node.ae_title,
                                         tls_contexts=sending_tls)
         self.delivery.start()
+        # C-MOVE sends to the AE titles of destinations and remotes (remotes win a tie).
+        move_destinations = {
+            peer.ae_title: MoveDestination(peer.host, peer.port, tls_by_name.get(peer.name))
+            for peers, tls_by_name in ((s.destinations, sending_tls), (s.remotes, remote_tls))
+            for peer in peers}
         ports = []
         if tls.plain_listener:
             self.dimse = DimseServer(s.node, storage.store, storage.sessions,
-                                     on_stored=self.tracker.nudge)
+                                     on_stored=self.tracker.nudge,
+                                     move_destinations=move_destinations,
+                                     max_pixels=s.storage.max_pixels)
             self.dimse.start()
             ports.append(str(s.node.dimse_port))
         if listener_tls is not None:
             self.dimse_tls = DimseServer(s.node, storage.store, storage.sessions,
                                          on_stored=self.tracker.nudge,
-                                         ssl_context=listener_tls)
+                                         ssl_context=listener_tls,
+                                         move_destinations=move_destinations,
+                                         max_pixels=s.storage.max_pixels)
             self.dimse_tls.start()
             ports.append(f"{tls.port} (TLS)")
         log.info("pacs-node %s listening for DICOM on %s port %s (%s queue)",

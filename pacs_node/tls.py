@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Destination, DestinationTls, NodeTls
+from .config import ConfigError, Destination, DestinationTls, NodeTls, Remote
 
 __all__ = ["HANDSHAKE_TIMEOUT_S", "client_context", "destination_contexts", "server_context"]
 
@@ -169,11 +169,13 @@ def client_context(tls: DestinationTls, *, prefix: str) -> ssl.SSLContext:
     return context
 
 
-def destination_contexts(destinations: Sequence[Destination]) -> dict[str, ssl.SSLContext]:
-    """A client context per destination with ``tls.enabled``, by destination name.
+def destination_contexts(destinations: Sequence[Destination | Remote], *,
+                         section: str = "destinations") -> dict[str, ssl.SSLContext]:
+    """A client context per peer with ``tls.enabled``, by name (``section`` names the
+    config list in errors: ``destinations`` or ``remotes``).
 
     Raises:
         ConfigError: naming the key (``destinations.0.tls.key``...) that is unusable.
     """
-    return {d.name: client_context(d.tls, prefix=f"destinations.{i}.tls")
+    return {d.name: client_context(d.tls, prefix=f"{section}.{i}.tls")
             for i, d in enumerate(destinations) if d.tls.enabled}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +24,14 @@ from ._find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindContext, handle_find
 from ._guard import guard_request, install_message_guard
 from ._logfilter import PEER_EVENT, install_network_log_filter
 from ._pdu_guard import install_pdu_guard
+from ._retrieve import (
+    GET_MODELS,
+    MOVE_MODELS,
+    MoveDestination,
+    RetrieveContext,
+    handle_get,
+    handle_move,
+)
 from ._store import StoreContext, handle_store
 
 #: Seconds a new connection has to complete its association request.
@@ -122,7 +130,7 @@ def _quiet_patient_data() -> None:
 
 class DimseServer:
     """The node's DICOM listener: C-ECHO, C-STORE (all storage SOP classes, stored as
-    received) and C-FIND (Study Root and Patient Root) over the index.
+    received), C-FIND, C-GET and C-MOVE (Study Root and Patient Root) over the index.
 
     Association policy from ``settings``: the called AE title must be ``ae_title``; the
     calling AE title must be in ``allowed_calling_aes`` (empty: any); at most
@@ -145,12 +153,18 @@ class DimseServer:
         ssl_context: makes this the TLS listener: it listens on ``settings.tls.port``
             instead of ``dimse_port`` and every connection is wrapped in it (see
             :func:`pacs_node.tls.server_context`).
+        move_destinations: where a C-MOVE may send, by AE title (the node's
+            ``destinations`` and ``remotes``); another destination is 0xA801.
+        max_pixels: ``storage.max_pixels``: a retrieved image is decoded for a peer that
+            does not take its compressed syntax only within it.
     """
 
     def __init__(self, settings: NodeSettings, store: FileStore,
                  sessions: sessionmaker[Session], *,
                  on_stored: Callable[[str], None] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 move_destinations: Mapping[str, MoveDestination] | None = None,
+                 max_pixels: int = 64 * 1024 * 1024) -> None:
         if not isinstance(settings, NodeSettings):
             raise TypeError(f"settings must be NodeSettings, got {type(settings).__name__}")
         if not isinstance(store, FileStore):
@@ -168,6 +182,9 @@ class DimseServer:
             store=store, sessions=sessions,
             overwrite_conflicts=settings.overwrite_conflicting_duplicates, on_stored=on_stored)
         self._find_context = FindContext(sessions=sessions)
+        self._retrieve_context = RetrieveContext(
+            sessions=sessions, store=store, max_pixels=max_pixels,
+            move_destinations=dict(move_destinations or {}))
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
 
@@ -185,10 +202,13 @@ class DimseServer:
         ae.require_calling_aet = list(settings.allowed_calling_aes)
         ae.add_supported_context(Verification, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         # The 128-context limit binds requestors only: an acceptor may support them all.
+        # Both roles: a C-GET requestor proposes the storage classes with SCP/SCU role
+        # selection so that the node may C-STORE back to it on the same association.
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax),
-                                     list(STORE_TRANSFER_SYNTAXES))
-        for model in (STUDY_ROOT_FIND, PATIENT_ROOT_FIND):
+                                     list(STORE_TRANSFER_SYNTAXES), scu_role=True,
+                                     scp_role=True)
+        for model in (STUDY_ROOT_FIND, PATIENT_ROOT_FIND, *MOVE_MODELS, *GET_MODELS):
             ae.add_supported_context(model, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         return ae
 
@@ -210,6 +230,8 @@ class DimseServer:
             handlers: list[Any] = [
                 (evt.EVT_C_STORE, handle_store, [self._store_context]),
                 (evt.EVT_C_FIND, handle_find, [self._find_context]),
+                (evt.EVT_C_GET, handle_get, [self._retrieve_context]),
+                (evt.EVT_C_MOVE, handle_move, [self._retrieve_context]),
                 (evt.EVT_DIMSE_RECV, guard_request),
                 (evt.EVT_REQUESTED, check_association_request),
                 (evt.EVT_ACCEPTED, _on_accepted),

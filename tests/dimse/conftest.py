@@ -38,7 +38,8 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     started: list[Node] = []
     counter = iter(range(1000))
 
-    def make(*, on_stored: Callable[[str], None] | None = None, **overrides: Any) -> Node:
+    def make(*, on_stored: Callable[[str], None] | None = None,
+             move_destinations: dict[str, Any] | None = None, **overrides: Any) -> Node:
         folder = tmp_path / f"node{next(counter)}"
         folder.mkdir()
         engine = create_engine_for(f"sqlite:///{folder / 'index.db'}")
@@ -49,7 +50,8 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
                                   "dimse_port": free_port(), **overrides}
         settings = NodeSettings(**values)
         nudged: list[str] = []
-        server = DimseServer(settings, store, sessions, on_stored=on_stored or nudged.append)
+        server = DimseServer(settings, store, sessions, on_stored=on_stored or nudged.append,
+                             move_destinations=move_destinations)
         node = Node(server, settings, store, sessions, engine, folder, nudged)
         try:
             server.start()
