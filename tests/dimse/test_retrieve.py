@@ -25,8 +25,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pacs_node.dimse import StoreStatus
 from pacs_node.dimse._retrieve import MoveDestination
 
-from .dimse_helpers import AE_TITLE, SCU_AE, Node, free_port, make_instance, run_dcmtk, uid, \
-    wait_for
+from .dimse_helpers import (
+    AE_TITLE,
+    SCU_AE,
+    Node,
+    free_port,
+    make_instance,
+    run_dcmtk,
+    uid,
+    wait_for,
+)
 
 DEST_AE = "VIEWER"
 
