@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import AllStoragePresentationContexts
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,7 +34,7 @@ from storage import (
     validate_uid,
 )
 
-__all__ = ["NEW_CONTENT", "Receiver", "Refused", "read_header"]
+__all__ = ["NEW_CONTENT", "Receiver", "Refused", "check_instance", "read_header"]
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,62 @@ def read_header(source: bytes | Path) -> Dataset:
     return ds
 
 
+def _is_image(sop_class_uid: str) -> bool:
+    """Whether the SOP Class is an image storage class (pydicom's name for it says so:
+    "Computed Radiography Image Storage", "Digital X-Ray Image Storage - For
+    Presentation"...)."""
+    return "Image Storage" in UID(sop_class_uid).name
+
+
+def check_instance(data: bytes | Path, transfer_syntax: str) -> tuple[Dataset, InstanceMeta]:
+    """The checks every received instance passes before the node may say it holds it,
+    whatever brought it (C-STORE, STOW-RS): its header and index attributes.
+
+    The bytes are walked first (:func:`storage.check_encoding`: every length within the
+    data, sequences and encapsulation closed, pixels all there, the codestream's own
+    header agreeing; a deflated data set inflated within a cap, before pydicom's header
+    read would inflate all of it), then the header is read, the SOP Class UID must be the
+    data set's own, and an image must have its Pixel Data (a data set cut between two
+    elements reads as a whole, shorter one; every Image IOD requires it, PS3.3 C.7.6.3).
+
+    Raises:
+        storage.InvalidInstance, storage.InvalidUID, storage.OutOfResources.
+    """
+    summary = check_encoding(data, transfer_syntax)
+    header = read_header(data)
+    try:
+        meta = InstanceMeta.from_dataset(header, transfer_syntax_uid=transfer_syntax)
+        # from_dataset falls back to the file meta (built from a C-STORE command) for a
+        # missing SOP Class UID; the data set must carry its own.
+        validate_uid(header.get("SOPClassUID"), "SOPClassUID")
+    except StorageError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert
+        raise InvalidInstance(f"cannot decode the data set: {type(exc).__name__}") from None
+    if summary.pixel_offset is None and _is_image(meta.sop_class_uid):
+        raise InvalidInstance("an image without Pixel Data")
+    return header, meta
+
+
 @dataclass(frozen=True)
 class Received:
     """A stored instance: its header attributes and what the index decided."""
 
     meta: InstanceMeta
     outcome: StoreOutcome
+
+
+def _file_syntax(path: Path) -> str:
+    """The Transfer Syntax UID of a Part 10 file's meta group (read alone: a deflated data
+    set is not inflated here)."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception as exc:  # noqa: BLE001 - no or broken file meta
+        raise InvalidInstance(f"cannot read the file meta: {type(exc).__name__}") from None
+    syntax = str(meta.get("TransferSyntaxUID") or "")
+    if not syntax:
+        raise InvalidInstance("the file meta has no Transfer Syntax UID")
+    return syntax
 
 
 class Receiver:
@@ -94,8 +146,8 @@ class Receiver:
         self._overwrite = overwrite_conflicts
         self._on_stored = on_stored
 
-    def validate(self, data: bytes | Path, *, study: str | None = None) -> InstanceMeta:
-        """Check a Part 10 instance; return its header attributes.
+    def validate(self, data: Path, *, study: str | None = None) -> InstanceMeta:
+        """Check a Part 10 file (:func:`check_instance`); return its header attributes.
 
         Args:
             study: the Study Instance UID it must belong to (STOW-RS to a study's URL).
@@ -105,13 +157,8 @@ class Receiver:
                 invalid), 0xA900 (not a storage SOP class, or another study).
         """
         try:
-            header = read_header(data)
-            syntax = str(header.file_meta.get("TransferSyntaxUID") or "")
-            if not syntax:
-                raise InvalidInstance("the file meta has no Transfer Syntax UID")
-            meta = InstanceMeta.from_dataset(header, transfer_syntax_uid=syntax)
-            validate_uid(header.get("SOPClassUID"), "SOPClassUID")
-            check_encoding(data, syntax)
+            syntax = _file_syntax(data)
+            _, meta = check_instance(data, syntax)
         except StorageError as exc:
             raise Refused(exc.dimse_status, str(exc)) from None
         except Exception as exc:  # a value pydicom cannot convert

@@ -6,12 +6,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from pydicom import Dataset, dcmread
-from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,22 +17,19 @@ from storage import (
     FileStore,
     InstanceMeta,
     InstanceSource,
-    InvalidInstance,
     StorageError,
     StoreOutcome,
-    check_encoding,
     ingest,
     validate_uid,
 )
 
+from ..receive import NEW_CONTENT, check_instance
 from ._status import StoreStatus
 
 __all__ = ["StoreContext", "handle_store"]
 
 log = logging.getLogger(__name__)
 
-# Outcomes that put new content in the store: the study tracker is nudged for them.
-_NEW_CONTENT = frozenset({StoreOutcome.STORED, StoreOutcome.DUPLICATE_OVERWRITTEN})
 
 
 @dataclass(frozen=True)
@@ -71,20 +65,6 @@ def _chunked_path(event: Event) -> Path | None:
     return path if isinstance(path, Path) else None
 
 
-def _read_header(source: bytes | Path) -> Dataset:
-    """Decode the header (everything before the pixel data) of a Part 10 stream."""
-    stream: Any = BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        ds = dcmread(stream, stop_before_pixels=True, force=False)
-        # Touch the UIDs now: pydicom decodes values lazily, garbage fails here.
-        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
-                        "SeriesInstanceUID"):
-            ds.get(keyword)
-    except Exception as exc:  # any decoding failure: the data set is not understood
-        raise InvalidInstance(f"cannot decode the data set: {type(exc).__name__}") from None
-    return ds
-
-
 def _receive(event: Event) -> _Received:
     """Read what the index needs from the received data set and check it against the
     command. Raises StorageError subclasses (InvalidUID, InvalidInstance) or _Mismatch."""
@@ -97,20 +77,8 @@ def _receive(event: Event) -> _Received:
     else:
         data = event.encoded_dataset()
         size = len(data)
-    # Success only for a complete, well-formed data set (every length within the data,
-    # sequences closed, pixels all there, the codestream's own header agreeing). First:
-    # pydicom's header read inflates a whole deflated data set, bomb or not.
-    summary = check_encoding(data, transfer_syntax)
-    ds = _read_header(data)
-    try:
-        meta = InstanceMeta.from_dataset(ds, transfer_syntax_uid=transfer_syntax)
-        # from_dataset falls back to the file meta (built from the command) for a missing
-        # SOP Class UID; the data set must carry its own.
-        validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
-    except StorageError:
-        raise
-    except Exception as exc:  # a value pydicom cannot convert
-        raise InvalidInstance(f"cannot decode the data set: {type(exc).__name__}") from None
+    # Success only for a complete, well-formed data set: the checks STOW-RS runs too.
+    _, meta = check_instance(data, transfer_syntax)
     command_class = validate_uid(request.AffectedSOPClassUID, "AffectedSOPClassUID")
     command_instance = validate_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
     if meta.sop_class_uid != command_class or meta.sop_instance_uid != command_instance:
@@ -121,18 +89,7 @@ def _receive(event: Event) -> _Received:
     if meta.sop_class_uid != negotiated:
         raise _Mismatch(f"data set has SOP Class {meta.sop_class_uid}, the presentation "
                         f"context was negotiated for {negotiated}")
-    if summary.pixel_offset is None and _is_image(meta.sop_class_uid):
-        # A data set cut between two elements reads as a whole, shorter one: an image
-        # without its Pixel Data is one (every Image IOD requires it, PS3.3 C.7.6.3).
-        raise InvalidInstance("an image without Pixel Data")
     return _Received(data, size, meta)
-
-
-def _is_image(sop_class_uid: str) -> bool:
-    """Whether the SOP Class is an image storage class (pydicom's name for it says so:
-    "Computed Radiography Image Storage", "Digital X-Ray Image Storage - For
-    Presentation"...)."""
-    return "Image Storage" in UID(sop_class_uid).name
 
 
 def _nudge(context: StoreContext, study_uid: str) -> None:
@@ -186,6 +143,6 @@ def handle_store(event: Event, context: StoreContext) -> int:
                  received.meta.study_instance_uid, received.size,
                  received.meta.transfer_syntax_uid, outcome.value, status,
                  (time.monotonic() - started) * 1000)
-        if outcome in _NEW_CONTENT:
+        if outcome in NEW_CONTENT:
             _nudge(context, received.meta.study_instance_uid)
     return int(status)

@@ -109,6 +109,20 @@ def test_bad_parts_fail_one_by_one_with_their_reason(make_web: Callable[..., Web
                                          ("", 0xC000)])
 
 
+def test_stow_runs_the_c_store_checks(make_web: Callable[..., Web]) -> None:
+    """The same checks as a C-STORE (pacs_node.receive.check_instance): an image without
+    its Pixel Data (a data set cut between two elements reads as a shorter whole) and a
+    class that is not a storage class are refused."""
+    web = make_web()
+    no_pixels = make_instance(14, 1, 1)
+    del no_pixels.PixelData
+    not_storage = make_instance(14, 1, 2, SOPClassUID="1.2.840.10008.1.1")
+    not_storage.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.1"
+    response = post(web, multipart([part10(no_pixels), part10(not_storage)]))
+    assert response.status_code == 409
+    assert failures(response) == [(uid(14, 1, 1), 0xC000), (uid(14, 1, 2), 0xA900)]
+
+
 def test_an_instance_of_another_study_than_the_url_is_refused(
         make_web: Callable[..., Web]) -> None:
     web = make_web()
