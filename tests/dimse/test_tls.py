@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ from .dimse_helpers import (
     AE_TITLE,
     SCU_AE,
     Node,
+    RssSampler,
     free_port,
     make_instance,
     part10,
@@ -526,3 +529,35 @@ def test_destination_contexts_only_for_tls_destinations(pki: Pki) -> None:
     assert contexts["secure"].verify_mode == ssl.CERT_REQUIRED
     assert contexts["secure"].check_hostname
     assert contexts["secure"].minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_a_pdu_over_the_limit_is_closed_unread_over_tls_too(
+        make_tls_node: Callable[..., Node], pki: Pki) -> None:
+    """The PDU guard peeked at the header, which a TLS socket cannot do: over TLS an
+    A-ASSOCIATE-RQ declaring 1 GiB was read into memory for as long as bytes came."""
+    node = make_tls_node()
+    context = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+    context.load_cert_chain(str(pki["client.pem"]), str(pki["client.key"]))
+    rss = RssSampler(os.getpid())
+    rss.start()
+    try:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"\x01\x00" + struct.pack(">I", 1 << 30))
+            started, sent = time.monotonic(), 0
+            try:
+                while sent < 256 << 20 and time.monotonic() - started < 5:
+                    sock.sendall(b"\x00" * (1 << 20))
+                    sent += 1 << 20
+                sock.settimeout(5)
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass  # reset or broken pipe: closed by the node
+            closed_after = time.monotonic() - started
+    finally:
+        rss.stop.set()
+        rss.join()
+    assert closed_after < 2.0, f"{sent >> 20} MiB taken in {closed_after:.1f} s"
+    assert rss.peak - rss.baseline < 128 << 20
+    assert _echo(node, pki, "client").returncode == 0
