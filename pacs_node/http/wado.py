@@ -266,22 +266,7 @@ def retrieve_frames(study: str, series: str, instance: str, frames: str, request
     (match,) = _find(service, study, series, instance)
     if not _FRAME_LIST.match(frames):
         raise HTTPException(400, "frames must be a comma-separated list of frame numbers")
-    choice = _frame_choice(parse_accept(request.headers.get("accept")),
-                           match.transfer_syntax_uid)
-    if choice is None:
-        raise _not_acceptable("frames in the media types of Accept (stored: "
-                              f"{match.transfer_syntax_uid})")
-    as_stored, part_type = choice
-    numbers = [int(n) for n in frames.split(",")]
-    try:
-        found = service.frames(match, numbers, as_stored=as_stored)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except CannotProduce as exc:
-        raise _not_acceptable(f"decoded frames: {exc}; ask for transfer-syntax=*") from None
-    parts = ((f"{part_type}; transfer-syntax={frame.transfer_syntax_uid}",
-              lambda data=frame.data: iter((data,))) for frame in found)
-    return _multipart(parts, part_type)
+    return _frames(match, [int(n) for n in frames.split(",")], request, service)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}",
@@ -292,7 +277,7 @@ def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, request:
     if not _TAG.match(tag):
         raise HTTPException(400, "the bulk data reference must be a tag (8 hex digits)")
     if int(tag, 16) == 0x7FE00010:  # Pixel Data: every frame, as the frames resource
-        return retrieve_all_frames(match, request, service)
+        return _frames(match, None, request, service)
     try:
         value = service.bulkdata(match, int(tag, 16))
     except NotFound as exc:
@@ -301,19 +286,22 @@ def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, request:
                       "application/octet-stream")
 
 
-def retrieve_all_frames(match: InstanceMatch, request: Request,
-                        service: RetrieveService) -> Response:
+def _frames(match: InstanceMatch, numbers: list[int] | None, request: Request,
+            service: RetrieveService) -> Response:
+    """Frames ``numbers`` (None: all, the Pixel Data bulk data) in a media type of the
+    Accept header: as stored, or decoded to native pixels."""
     choice = _frame_choice(parse_accept(request.headers.get("accept")),
                            match.transfer_syntax_uid)
     if choice is None:
-        raise _not_acceptable("pixel data in the media types of Accept")
+        raise _not_acceptable("frames in the media types of Accept (stored: "
+                              f"{match.transfer_syntax_uid})")
     as_stored, part_type = choice
     try:
-        found = service.frames(match, None, as_stored=as_stored)
+        found = service.frames(match, numbers, as_stored=as_stored)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except CannotProduce as exc:
-        raise _not_acceptable(f"decoded pixel data: {exc}") from None
+        raise _not_acceptable(f"decoded frames: {exc}; ask for transfer-syntax=*") from None
     parts = ((f"{part_type}; transfer-syntax={frame.transfer_syntax_uid}",
               lambda data=frame.data: iter((data,))) for frame in found)
     return _multipart(parts, part_type)

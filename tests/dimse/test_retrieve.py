@@ -78,6 +78,14 @@ def received(folder: Path) -> dict[str, pydicom.Dataset]:
             (pydicom.dcmread(p) for p in folder.rglob("*") if p.is_file())}
 
 
+def getscu(node: Node, folder: Path, *keys: str) -> subprocess.CompletedProcess[str]:
+    args = ["getscu", "-v", "-S", "-aet", SCU_AE, "-aec", AE_TITLE, "--output-directory",
+            str(folder)]
+    for key in keys:
+        args += ["-k", key]
+    return run_dcmtk(*args, "127.0.0.1", str(node.port))
+
+
 def movescu(node: Node, *keys: str, model: str = "-S", dest: str = DEST_AE
             ) -> subprocess.CompletedProcess[str]:
     args = ["movescu", "-v", model, "-aet", SCU_AE, "-aec", AE_TITLE, "-aem", dest]
@@ -125,11 +133,7 @@ def test_a_compressed_instance_goes_as_stored_or_decoded(
     # getscu proposes uncompressed syntaxes only: the node decodes it for this peer.
     folder = tmp_path / "got"
     folder.mkdir()
-    args = ["getscu", "-v", "-S", "-aet", SCU_AE, "-aec", AE_TITLE, "--output-directory",
-            str(folder)]
-    for key in keys:
-        args += ["-k", key]
-    out = run_dcmtk(*args, "127.0.0.1", str(archive.port))
+    out = getscu(archive, folder, *keys)
     assert out.returncode == 0, out.stderr
     (got,) = received(folder).values()
     assert not got.file_meta.TransferSyntaxUID.is_compressed
@@ -145,11 +149,7 @@ def test_getscu_retrieves_over_its_own_association(archive: Node, tmp_path: Path
                                                    level_keys: list[str]) -> None:
     folder = tmp_path / "got"
     folder.mkdir()
-    args = ["getscu", "-v", "-S", "-aet", SCU_AE, "-aec", AE_TITLE, "--output-directory",
-            str(folder)]
-    for key in level_keys:
-        args += ["-k", key]
-    out = run_dcmtk(*args, "127.0.0.1", str(archive.port))
+    out = getscu(archive, folder, *level_keys)
     assert out.returncode == 0, out.stderr
     expected = [uid(1, 1, 1), uid(1, 1, 2)] + ([uid(1, 2, 1)] if "STUDY" in level_keys[0]
                                                else [])
