@@ -42,10 +42,8 @@ import io
 import json
 import os
 import random
-import re
 import secrets
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -63,12 +61,20 @@ from urllib.parse import urlencode
 import numpy as np
 import pydicom
 import requests
+from _common import (
+    LAUNCHER,
+    PYTHON,
+    REPO,
+    check_imports,
+    free_port,
+    git,
+    in_private_netns,
+    node_env,
+    version,
+)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = REPO / ".venv" / "bin" / "python"
-NS_FLAG = "PACS_NODE_BENCH_NETNS"
 PG_SOCKET = "/var/run/postgresql"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 RECEIVERS = ("node", "node-pg", "orthanc")
@@ -79,56 +85,10 @@ ZIP_BATCH = 1000  # instances per ZIP posted to Orthanc while filling
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; + 30 digits = 56 characters
 TARGET_QIDO_MS = 50.0
 TARGET_RSS_MB = 100.0
-# Runs the node's CLI from whatever ``pacs_node`` the path finds first (PYTHONPATH = the
-# worktree) and says where its packages came from, as the first line of the node's log.
-LAUNCHER = ("import sys, pacs_node.cli, storage; "
-            "print('bench-import', pacs_node.cli.__file__, storage.__file__, flush=True); "
-            "sys.argv[0] = 'pacs-node'; sys.exit(pacs_node.cli.main())")
+
 
 
 # -- processes, ports, databases ------------------------------------------------------------
-
-def in_private_netns() -> None:
-    """Re-execute this script inside ``unshare -n`` with only loopback up."""
-    if os.environ.get(NS_FLAG) == "1":
-        return
-    os.environ[NS_FLAG] = "1"
-    cmd = ["unshare", "-n", "bash", "-c", 'ip link set lo up && exec "$@"', "bash",
-           sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execvp("unshare", cmd)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def git(*args: str) -> str:
-    r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                       timeout=120)
-    if r.returncode != 0:
-        sys.exit(f"git {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    return r.stdout.strip()
-
-
-def node_env(src: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(src)}
-
-
-def check_imports(src: Path) -> None:
-    """Stop unless the venv's interpreter, with PYTHONPATH and cwd ``src``, imports the
-    project's packages from ``src`` (and not the editable install in REPO)."""
-    code = ("import json, pacs_node, storage; print(json.dumps("
-            "[m.__file__ for m in (pacs_node, storage)]))")
-    r = subprocess.run([str(PYTHON), "-c", code], cwd=src, env=node_env(src),
-                       capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        sys.exit(f"importing the packages from {src} failed:\n{r.stdout}{r.stderr}")
-    wrong = [f for f in json.loads(r.stdout.splitlines()[-1]) if not Path(f).is_relative_to(src)]
-    if wrong:
-        sys.exit(f"with PYTHONPATH={src} these modules come from elsewhere: {wrong}")
-
 
 def psql(sql: str, database: str = "postgres") -> str:
     r = subprocess.run(["psql", "-h", PG_SOCKET, "-U", "postgres", "-d", database, "-tA",
@@ -281,15 +241,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def version(cmd: list[str], pattern: str) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
-    except OSError:
-        return "?"
-    m = re.search(pattern, out)
-    return m.group(1) if m else "?"
 
 
 def load() -> str:

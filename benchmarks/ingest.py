@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,71 +38,32 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from _common import (
+    LAUNCHER,
+    PYTHON,
+    REPO,
+    check_imports,
+    free_port,
+    git,
+    in_private_netns,
+    node_env,
+    version,
+)
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = REPO / ".venv" / "bin" / "python"
-NS_FLAG = "PACS_NODE_BENCH_NETNS"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 NODE_AE, SCP_AE, ORTHANC_AE, NODE_PDU = "BENCHNODE", "STORESCP", "ORTHANC", 131072
 RECEIVERS = ("node", "before", "orthanc", "storescp")
 PAIRS = (("node", "before"), ("node", "orthanc"), ("node", "storescp"),
          ("before", "orthanc"), ("before", "storescp"))
 BEFORE_REV = "ae628c9^"
-# Runs the node's CLI from whatever ``pacs_node`` the path finds first (PYTHONPATH = a
-# worktree) and says where its packages came from, as the first line of the node's log.
-LAUNCHER = ("import sys, pacs_node.cli, storage; "
-            "print('bench-import', pacs_node.cli.__file__, storage.__file__, flush=True); "
-            "sys.argv[0] = 'pacs-node'; sys.exit(pacs_node.cli.main())")
 
-
-def in_private_netns() -> None:
-    """Re-execute this script inside ``unshare -n`` with only loopback up."""
-    if os.environ.get(NS_FLAG) == "1":
-        return
-    os.environ[NS_FLAG] = "1"
-    cmd = ["unshare", "-n", "bash", "-c", 'ip link set lo up && exec "$@"', "bash",
-           sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execvp("unshare", cmd)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def git(*args: str) -> str:
-    r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                       timeout=120)
-    if r.returncode != 0:
-        sys.exit(f"git {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    return r.stdout.strip()
 
 
 def add_worktree(rev: str, path: Path) -> str:
     """Check ``rev`` out, detached, at ``path``; returns its short commit id."""
     git("worktree", "add", "--detach", str(path), rev)
     return git("-C", str(path), "rev-parse", "--short", "HEAD")
-
-
-def check_imports(src: Path) -> None:
-    """Stop unless the venv's interpreter, with PYTHONPATH and cwd ``src``, imports the
-    project's four packages from ``src`` (and not the editable install in REPO)."""
-    code = ("import json, pacs_node, storage, workers, models; print(json.dumps("
-            "[m.__file__ for m in (pacs_node, storage, workers, models)]))")
-    r = subprocess.run([str(PYTHON), "-c", code], cwd=src, env=node_env(src),
-                       capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        sys.exit(f"importing the packages from {src} failed:\n{r.stdout}{r.stderr}")
-    files = [Path(f) for f in json.loads(r.stdout.splitlines()[-1])]
-    wrong = [str(f) for f in files if not f.is_relative_to(src)]
-    if wrong:
-        sys.exit(f"with PYTHONPATH={src} these modules come from elsewhere: {wrong}")
-
-
-def node_env(src: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(src)}
 
 
 def base_dataset(tmp: Path) -> pydicom.Dataset:
@@ -258,12 +217,6 @@ def run_once(receiver: str, data: Path, n: int, total: int, tmp: Path, pdu: int,
     return seconds
 
 
-def version(cmd: list[str], pattern: str) -> str:
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    m = re.search(pattern, out)
-    return m.group(1) if m else "?"
-
-
 def receivers_arg(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in names if t not in RECEIVERS]
@@ -341,7 +294,7 @@ def main() -> None:
                 src = tmp / f"src-{receiver}"
                 worktrees.append(src)
                 commit = add_worktree(rev, src)
-                check_imports(src)
+                check_imports(src, ("pacs_node", "storage", "workers", "models"))
                 sources[receiver] = src
                 print(f"{receiver}: {rev} = {commit}, run from a worktree at {src}")
         print()
