@@ -29,6 +29,7 @@ from storage import (
     InvalidInstance,
     StorageError,
     StoreOutcome,
+    WrittenFile,
     check_encoding,
     ingest,
     validate_uid,
@@ -171,7 +172,7 @@ class Receiver:
                                   f"not to {study}")
         return meta
 
-    def store_instance(self, data: bytes | Path, meta: InstanceMeta, *,
+    def store_instance(self, data: bytes | Path | WrittenFile, meta: InstanceMeta, *,
                        calling_ae: str) -> Received:
         """Store a validated instance durably and index it; nudge the tracker.
 

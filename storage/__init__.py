@@ -24,7 +24,7 @@ from .errors import (
     OutOfResources,
     StorageError,
 )
-from .filestore import FileStore, StagedFile, StoredFile
+from .filestore import FileStore, StagedFile, StoredFile, WrittenFile
 from .ingest import index_staged, ingest
 from .meta import InstanceMeta, StoreOutcome
 from .pixels import declared_pixels, too_large
@@ -106,6 +106,7 @@ __all__ = [
     "StorageError",
     "StoreOutcome",
     "StoredFile",
+    "WrittenFile",
     "Study",
     "StudyListing",
     "StudyMatch",

@@ -22,14 +22,27 @@ from typing import BinaryIO
 from .errors import InvalidUID, NotFound, OutOfResources, StorageError
 from .uids import validate_uid
 
-__all__ = ["FileStore", "StagedFile", "StoredFile"]
+__all__ = ["FileStore", "StagedFile", "StoredFile", "WrittenFile"]
 
 CHUNK_SIZE = 1 << 20
 _SUFFIX = ".dcm"
 _TEMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{16}")
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-Data = bytes | bytearray | memoryview | Path | Iterable[bytes]
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file already written on the store's filesystem (an upload under ``.incoming``),
+    with the SHA-256 and size computed while it was written: :meth:`FileStore.stage` moves
+    it into place (fsync, rename) instead of copying it."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+Data = bytes | bytearray | memoryview | Path | WrittenFile | Iterable[bytes]
 
 
 @dataclass(frozen=True)
@@ -134,8 +147,8 @@ class FileStore:
         """Write ``data`` durably to a temp file beside its final place.
 
         Args:
-            data: the encoded instance: bytes, a file to copy (read in chunks), or an
-                iterable of byte chunks.
+            data: the encoded instance: bytes, a file to copy (read in chunks), a
+                :class:`WrittenFile` of this store to move, or an iterable of byte chunks.
 
         Raises:
             InvalidUID: a UID is not valid (nothing is created).
@@ -149,6 +162,8 @@ class FileStore:
         except OSError as exc:
             raise _storage_error(exc, "cannot create store folder") from exc
         temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+        if isinstance(data, WrittenFile):
+            return self._adopt(data, temp, path, relpath)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -172,6 +187,22 @@ class FileStore:
                 raise _storage_error(exc, "cannot write instance") from exc
             raise
         return StagedFile(temp, path, relpath, digest.hexdigest(), size)
+
+    def _adopt(self, written: WrittenFile, temp: Path, path: Path, relpath: str) -> StagedFile:
+        """Make an already written file the staged one: fsync it, rename it beside its
+        final place. It must be a temp file of this store (``.incoming``): it is moved."""
+        if not written.path.resolve().is_relative_to(self.root):
+            raise StorageError("a written file to adopt lies outside the store")
+        try:
+            fd = os.open(written.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(written.path, temp)
+        except OSError as exc:
+            raise _storage_error(exc, "cannot move the received file") from exc
+        return StagedFile(temp, path, relpath, written.sha256, written.size)
 
     def commit(self, staged: StagedFile) -> StoredFile:
         """Rename a staged file into place (replacing any file there) and fsync the folder.

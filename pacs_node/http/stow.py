@@ -11,6 +11,7 @@ stored because storage refused (out of resources)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ from pydicom import Dataset
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-from storage import StoreOutcome, is_valid_uid
+from storage import StoreOutcome, WrittenFile, is_valid_uid
 
 from ..receive import Receiver, Refused, read_header
 from .common import DICOM_JSON, DicomJSONResponse, checked_uid
@@ -49,6 +50,11 @@ class _Part:
     size: int = 0
     head: bytes = b""  # the first bytes, held until the preamble question is settled
     settled: bool = False
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def written(self) -> WrittenFile:
+        """The part as the store takes it: moved into place, not copied."""
+        return WrittenFile(self.path, self.digest.hexdigest(), self.size)
 
 
 _PREAMBLE = 132  # 128 bytes, then "DICM" (PS3.10 7.1)
@@ -101,6 +107,7 @@ class _Upload:
             if not part.settled:
                 data = self._settle(part)
                 self._handle.write(data)
+                part.digest.update(data)
                 part.size += len(data)
             self._handle.close()
             self._handle = None
@@ -114,6 +121,7 @@ class _Upload:
                 return
             data, part.head = self._settle(part), b""
         self._handle.write(data)
+        part.digest.update(data)
         part.size += len(data)
 
     def _settle(self, part: _Part) -> bytes:
@@ -224,7 +232,7 @@ def _store_parts(receiver: Receiver, parts: list[_Part], study: str | None) -> l
             meta = receiver.validate(part.path, study=study)
             outcome.sop_class, outcome.sop_instance = meta.sop_class_uid, meta.sop_instance_uid
             outcome.study, outcome.series = meta.study_instance_uid, meta.series_instance_uid
-            stored = receiver.store_instance(part.path, meta, calling_ae="STOW-RS")
+            stored = receiver.store_instance(part.written(), meta, calling_ae="STOW-RS")
             if stored.outcome is StoreOutcome.DUPLICATE_CONFLICT_KEPT:
                 outcome.warning = _WARNING_CONFLICT
         except Refused as exc:

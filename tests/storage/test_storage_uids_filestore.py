@@ -15,6 +15,7 @@ from storage import (
     NotFound,
     OutOfResources,
     StorageError,
+    WrittenFile,
     is_valid_uid,
     validate_uid,
 )
@@ -219,3 +220,31 @@ def test_staged_content_can_be_discarded(tmp_path: Path) -> None:
     store.discard(staged)
     assert [p for p in store.root.rglob("*") if p.is_file()] == []
     assert store.free_bytes() > 0
+
+
+def test_a_written_upload_is_moved_into_place_not_copied(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path / "root")
+    upload = store.incoming_path()
+    upload.write_bytes(b"uploaded")
+    inode = upload.stat().st_ino
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(filestore_module.os, "fsync",
+                        lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd))[1])
+    digest = hashlib.sha256(b"uploaded").hexdigest()
+    stored = store.commit(store.stage("1.2", "1.2.1", "1.2.1.1",
+                                      WrittenFile(upload, digest, 8)))
+    assert not upload.exists()
+    assert stored.path.read_bytes() == b"uploaded" and stored.path.stat().st_ino == inode
+    assert stored.sha256 == digest and stored.size == 8
+    assert inode in synced  # its content is durable before it is renamed into place
+
+
+def test_only_files_of_the_store_are_adopted(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "root")
+    outside = tmp_path / "elsewhere.dcm"
+    outside.write_bytes(b"x")
+    with pytest.raises(StorageError, match="outside the store"):
+        store.stage("1.2", "1.2.1", "1.2.1.1", WrittenFile(outside, "0" * 64, 1))
+    assert outside.exists()
