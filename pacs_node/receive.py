@@ -31,7 +31,7 @@ from storage import (
     StoreOutcome,
     WrittenFile,
     check_encoding,
-    ingest,
+    ingest_many,
     validate_uid,
 )
 
@@ -179,16 +179,34 @@ class Receiver:
         Raises:
             Refused: with the storage error's status (0xA700 out of resources, 0x0110).
         """
-        try:
-            outcome = ingest(self.store, self._sessions, data, meta,
-                             overwrite_conflicts=self._overwrite,
-                             source=InstanceSource.RECEIVED, calling_ae=calling_ae)
-        except StorageError as exc:
-            raise Refused(exc.dimse_status, f"{type(exc).__name__}: {exc}") from None
-        if outcome in NEW_CONTENT and self._on_stored is not None:
+        outcome = self.store_many([(data, meta)], calling_ae=calling_ae)[0]
+        if isinstance(outcome, Refused):
+            raise outcome
+        return outcome
+
+    def store_many(self, items: list[tuple[bytes | Path | WrittenFile, InstanceMeta]], *,
+                   calling_ae: str) -> list[Received | Refused]:
+        """:meth:`store_instance` for several validated instances (one STOW-RS request:
+        indexed in few transactions, :func:`storage.ingest_many`); each one's result."""
+        outcomes = ingest_many(self.store, self._sessions, items,
+                               overwrite_conflicts=self._overwrite,
+                               source=InstanceSource.RECEIVED, calling_ae=calling_ae)
+        results: list[Received | Refused] = []
+        nudged: set[str] = set()
+        for (_, meta), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, StorageError):
+                results.append(Refused(outcome.dimse_status,
+                                       f"{type(outcome).__name__}: {outcome}"))
+                continue
+            results.append(Received(meta, outcome))
+            if outcome in NEW_CONTENT:
+                nudged.add(meta.study_instance_uid)
+        for study in sorted(nudged):
+            if self._on_stored is None:
+                break
             try:
-                self._on_stored(meta.study_instance_uid)
+                self._on_stored(study)
             except Exception as exc:  # the instance is stored: never a failure
-                log.error("on_stored callback failed for study %s: %s",
-                          meta.study_instance_uid, type(exc).__name__)
-        return Received(meta, outcome)
+                log.error("on_stored callback failed for study %s: %s", study,
+                          type(exc).__name__)
+        return results

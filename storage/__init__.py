@@ -25,7 +25,7 @@ from .errors import (
     StorageError,
 )
 from .filestore import FileStore, StagedFile, StoredFile, WrittenFile
-from .ingest import index_staged, ingest
+from .ingest import index_staged, ingest, ingest_many
 from .meta import InstanceMeta, StoreOutcome
 from .pixels import declared_pixels, too_large
 from .redact import keep_values_out_of_logs
@@ -119,6 +119,7 @@ __all__ = [
     "create_engine_for",
     "declared_pixels",
     "ingest",
+    "ingest_many",
     "is_valid_uid",
     "migrate",
     "run_write",

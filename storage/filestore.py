@@ -204,10 +204,14 @@ class FileStore:
             raise _storage_error(exc, "cannot move the received file") from exc
         return StagedFile(temp, path, relpath, written.sha256, written.size)
 
-    def commit(self, staged: StagedFile) -> StoredFile:
+    def commit(self, staged: StagedFile, *, sync: bool = True) -> StoredFile:
         """Rename a staged file into place (replacing any file there) and fsync the folder.
 
         Calling it again for the same staged file returns the same result.
+
+        Args:
+            sync: False leaves the folder's fsync to the caller (:meth:`sync_folders`,
+                once for many files of one folder).
 
         Raises:
             StorageError: the rename or the fsync failed.
@@ -215,11 +219,24 @@ class FileStore:
         if not staged.done:
             try:
                 os.replace(staged.temp_path, staged.path)
-                _fsync_dir(staged.path.parent)
+                if sync:
+                    _fsync_dir(staged.path.parent)
             except OSError as exc:
                 raise _storage_error(exc, "cannot move instance into place") from exc
             staged.done = True
         return StoredFile(staged.path, staged.relpath, staged.sha256, staged.size)
+
+    def sync_folders(self, folders: Iterable[Path]) -> None:
+        """fsync folders files were renamed into with ``commit(sync=False)``.
+
+        Raises:
+            StorageError: an fsync failed.
+        """
+        for folder in folders:
+            try:
+                _fsync_dir(folder)
+            except OSError as exc:
+                raise _storage_error(exc, "cannot sync the store folder") from exc
 
     def discard(self, staged: StagedFile) -> None:
         """Remove a staged temp file that will not be committed (no-op once committed)."""

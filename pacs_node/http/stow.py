@@ -1,21 +1,28 @@
 """STOW-RS (PS3.18 10.5): ``POST /studies`` and ``/studies/{study}`` with
 ``multipart/related; type="application/dicom"`` or a single ``application/dicom`` body.
 
-The body is streamed to disk part by part (python-multipart's streaming parser; nothing
-is held in memory beyond a chunk), bounded by ``http.max_request_bytes``; once it has
-arrived whole, every part goes through the same checks and the same durable ingest as a
-C-STORE (:class:`pacs_node.receive.Receiver`). The answer is a DICOM JSON data set
+The body is streamed to disk part by part (python-multipart's streaming parser, on the
+upload's own thread; a few chunks are held in memory at most), bounded by
+``http.max_request_bytes``; each part goes through the same checks as a C-STORE as soon as
+it has arrived, and once the body has arrived whole, the valid parts go through the same
+durable ingest (:class:`pacs_node.receive.Receiver`), moved into the store, not copied,
+and indexed together. The answer is a DICOM JSON data set
 (Referenced SOP Sequence with Retrieve URLs, Failed SOP Sequence with Failure Reasons):
 200 all stored, 202 some failed or stored with a warning, 409 none stored, 503 none
 stored because storage refused (out of resources)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import re
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -25,7 +32,7 @@ from pydicom import Dataset
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-from storage import StoreOutcome, WrittenFile, is_valid_uid
+from storage import InstanceMeta, StoreOutcome, WrittenFile, is_valid_uid
 
 from ..receive import Receiver, Refused, read_header
 from .common import DICOM_JSON, DicomJSONResponse, checked_uid
@@ -50,6 +57,8 @@ class _Part:
     size: int = 0
     head: bytes = b""  # the first bytes, held until the preamble question is settled
     settled: bool = False
+    meta: InstanceMeta | None = None  # the checks passed
+    refused: Refused | None = None  # or why not
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def written(self) -> WrittenFile:
@@ -58,6 +67,7 @@ class _Part:
 
 
 _PREAMBLE = 132  # 128 bytes, then "DICM" (PS3.10 7.1)
+_AHEAD = 16  # body chunks (64 KiB from uvicorn) waiting for the upload's thread, at most
 
 
 @dataclass
@@ -82,17 +92,39 @@ def _media_type(header: str) -> tuple[str, dict[str, str]]:
 
 
 class _Upload:
-    """The body streamed into temp files, one per part."""
+    """The body streamed into temp files, one per part, each part checked as soon as it
+    has arrived.
 
-    def __init__(self, receiver: Receiver, limit: int) -> None:
+    The parsing, writing, hashing and checking run on the upload's own thread, in the
+    order the chunks arrive, while the event loop reads on (:meth:`feed`): the two
+    overlap, and the event loop never waits on the disk. At most :data:`_AHEAD` chunks
+    wait for that thread, so memory stays bounded whatever the client sends.
+    """
+
+    def __init__(self, receiver: Receiver, limit: int, study: str | None) -> None:
         self._receiver = receiver
         self._limit = limit
+        self._study = study
         self.parts: list[_Part] = []
         self.total = 0
         self.complete = False
         self._handle: IO[bytes] | None = None
         self._field = b""
         self._value = b""
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stow-part")
+        self._pending: deque[Future[None]] = deque()
+
+    async def feed(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the upload's thread after what was fed before; wait only when
+        :data:`_AHEAD` pieces are waiting already. An error of an earlier piece is raised."""
+        self._pending.append(self._worker.submit(work))
+        while self._pending and (len(self._pending) > _AHEAD or self._pending[0].done()):
+            await asyncio.wrap_future(self._pending.popleft())
+
+    async def drain(self) -> None:
+        """Wait until everything fed has run; raise the first error."""
+        while self._pending:
+            await asyncio.wrap_future(self._pending.popleft())
 
     def open_part(self) -> None:
         if len(self.parts) >= MAX_PARTS:
@@ -102,6 +134,7 @@ class _Upload:
         self._handle = path.open("xb")
 
     def close_part(self) -> None:
+        """The part has arrived whole: finish its file and check it."""
         if self._handle is not None:
             part = self.parts[-1]
             if not part.settled:
@@ -111,6 +144,16 @@ class _Upload:
                 part.size += len(data)
             self._handle.close()
             self._handle = None
+            self._check(part)
+
+    def _check(self, part: _Part) -> None:
+        kind, _ = _media_type(part.headers.get("content-type", "application/dicom"))
+        try:
+            if kind != "application/dicom":
+                raise Refused(0xC000, f"a part of type {kind[:64]!r}, not application/dicom")
+            part.meta = self._receiver.validate(part.path, study=self._study)
+        except Refused as exc:
+            part.refused = exc
 
     def write(self, data: bytes) -> None:
         part = self.parts[-1]
@@ -171,7 +214,10 @@ class _Upload:
             "on_end": on_end}, max_header_size=8192, max_header_count=16)
 
     def discard(self) -> None:
-        self.close_part()
+        """Stop the upload's thread, then delete every part file (stored ones were moved)."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        if self._handle is not None:
+            self._handle.close()
         for part in self.parts:
             try:
                 os.unlink(part.path)
@@ -199,8 +245,9 @@ async def _read_body(request: Request, upload: _Upload) -> None:
         try:
             async for chunk in request.stream():
                 upload.count(chunk)
-                parser.write(chunk)
-            parser.finalize()
+                await upload.feed(partial(parser.write, chunk))
+            await upload.feed(parser.finalize)
+            await upload.drain()
         except MultipartParseError as exc:
             raise HTTPException(400, f"malformed multipart body: {exc}") from None
         if not upload.complete:
@@ -208,49 +255,54 @@ async def _read_body(request: Request, upload: _Upload) -> None:
         if not upload.parts:
             raise HTTPException(400, "the multipart body holds no part")
     elif kind == "application/dicom":
-        upload.open_part()
-        try:
-            async for chunk in request.stream():
-                upload.count(chunk)
-                upload.write(chunk)
-        finally:
-            upload.close_part()
+        await upload.feed(upload.open_part)
+        async for chunk in request.stream():
+            upload.count(chunk)
+            await upload.feed(partial(upload.write, chunk))
+        await upload.feed(upload.close_part)
+        await upload.drain()
         upload.complete = True
     else:
         raise HTTPException(415, "STOW-RS takes multipart/related; type=\"application/dicom\" "
                                  "or application/dicom")
 
 
-def _store_parts(receiver: Receiver, parts: list[_Part], study: str | None) -> list[_Outcome]:
-    outcomes = []
-    for part in parts:
-        outcome = _Outcome()
-        kind, _ = _media_type(part.headers.get("content-type", "application/dicom"))
-        try:
-            if kind != "application/dicom":
-                raise Refused(0xC000, f"a part of type {kind[:64]!r}, not application/dicom")
-            meta = receiver.validate(part.path, study=study)
-            outcome.sop_class, outcome.sop_instance = meta.sop_class_uid, meta.sop_instance_uid
-            outcome.study, outcome.series = meta.study_instance_uid, meta.series_instance_uid
-            stored = receiver.store_instance(part.written(), meta, calling_ae="STOW-RS")
-            if stored.outcome is StoreOutcome.DUPLICATE_CONFLICT_KEPT:
-                outcome.warning = _WARNING_CONFLICT
-        except Refused as exc:
-            outcome.failure = exc.status
-            if not outcome.sop_instance:  # what the part said it was, if it says
-                try:
-                    header = read_header(part.path)
-                    for name, keyword in (("sop_class", "SOPClassUID"),
-                                          ("sop_instance", "SOPInstanceUID")):
-                        value = str(header.get(keyword, ""))
-                        if is_valid_uid(value):  # a hostile value is not echoed back
-                            setattr(outcome, name, value)
-                except Exception:  # noqa: BLE001 - nothing readable
-                    pass
-            log.warning("STOW-RS part %s refused (0x%04X): %s",
-                        outcome.sop_instance or "?", exc.status, exc)
-        outcomes.append(outcome)
+def _store_parts(receiver: Receiver, parts: list[_Part]) -> list[_Outcome]:
+    """Store the parts that passed their checks together (few index transactions)."""
+    outcomes = [_Outcome() for _ in parts]
+    valid: list[tuple[_Outcome, _Part, InstanceMeta]] = []
+    for outcome, part in zip(outcomes, parts, strict=True):
+        if part.meta is None:
+            _refused(outcome, part, part.refused or Refused(0xC000, "the part was not read"))
+            continue
+        meta = part.meta
+        outcome.sop_class, outcome.sop_instance = meta.sop_class_uid, meta.sop_instance_uid
+        outcome.study, outcome.series = meta.study_instance_uid, meta.series_instance_uid
+        valid.append((outcome, part, meta))
+    stored = receiver.store_many([(part.written(), meta) for _, part, meta in valid],
+                                 calling_ae="STOW-RS")
+    for (outcome, part, _), result in zip(valid, stored, strict=True):
+        if isinstance(result, Refused):
+            _refused(outcome, part, result)
+        elif result.outcome is StoreOutcome.DUPLICATE_CONFLICT_KEPT:
+            outcome.warning = _WARNING_CONFLICT
     return outcomes
+
+
+def _refused(outcome: _Outcome, part: _Part, exc: Refused) -> None:
+    outcome.failure = exc.status
+    if not outcome.sop_instance:  # what the part said it was, if it says
+        try:
+            header = read_header(part.path)
+            for name, keyword in (("sop_class", "SOPClassUID"),
+                                  ("sop_instance", "SOPInstanceUID")):
+                value = str(header.get(keyword, ""))
+                if is_valid_uid(value):  # a hostile value is not echoed back
+                    setattr(outcome, name, value)
+        except Exception:  # noqa: BLE001 - nothing readable
+            pass
+    log.warning("STOW-RS part %s refused (0x%04X): %s",
+                outcome.sop_instance or "?", exc.status, exc)
 
 
 def _answer(request: Request, outcomes: list[_Outcome], study: str | None) -> Response:
@@ -292,12 +344,12 @@ async def _stow(request: Request, study: str | None) -> Response:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the request is larger than http.max_request_bytes "
                                  f"({limit} bytes)")
-    upload = _Upload(receiver, limit)
+    upload = _Upload(receiver, limit, study)
     try:
         await _read_body(request, upload)
-        outcomes = await run_in_threadpool(_store_parts, receiver, upload.parts, study)
+        outcomes = await run_in_threadpool(_store_parts, receiver, upload.parts)
     finally:
-        upload.discard()
+        await run_in_threadpool(upload.discard)
     return _answer(request, outcomes, study)
 
 

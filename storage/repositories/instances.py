@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -27,6 +28,10 @@ def decide(existing_sha256: str | None, new_sha256: str, overwrite: bool) -> Sto
     return StoreOutcome.DUPLICATE_OVERWRITTEN if overwrite else StoreOutcome.DUPLICATE_CONFLICT_KEPT
 
 
+_IDS = "pacs_node.hierarchy_ids"  # session.info keys: what this transaction already holds
+_LOCKED = "pacs_node.locked_studies"
+
+
 class InstanceRepository:
     """Index rows of stored instances. The caller owns the transaction and commits."""
 
@@ -40,6 +45,13 @@ class InstanceRepository:
     def get(self, sop_instance_uid: str) -> Instance | None:
         return self.session.scalars(
             select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)).one_or_none()
+
+    def get_many(self, sop_instance_uids: Sequence[str]) -> Sequence[Instance]:
+        """The rows of those SOP Instance UIDs that are held (in no particular order)."""
+        if not sop_instance_uids:
+            return []
+        return self.session.scalars(
+            select(Instance).where(Instance.sop_instance_uid.in_(sop_instance_uids))).all()
 
     def get_by_id(self, instance_id: int) -> Instance | None:
         return self.session.get(Instance, instance_id)
@@ -150,6 +162,11 @@ class InstanceRepository:
 
     def _ensure(self, model: type[Patient] | type[Study] | type[Series],
                 column: InstrumentedAttribute[str], key: str, values: dict[str, object]) -> int:
+        # Row ids found earlier in this transaction (many instances of one series in one
+        # STOW-RS request) are not looked up again.
+        known: dict[tuple[str, str], int] = self._this_transaction(_IDS)
+        if (model.__tablename__, key) in known:
+            return known[model.__tablename__, key]
         stmt = select(model.id).where(column == key)
         found = self.session.scalar(stmt)
         if found is None:
@@ -157,14 +174,27 @@ class InstanceRepository:
             found = self.session.scalar(stmt)
         if found is None:  # pragma: no cover - the row was inserted or existed
             raise RuntimeError(f"{model.__tablename__} row vanished during insert")
+        known[model.__tablename__, key] = int(found)
         return int(found)
+
+    def _this_transaction(self, name: str) -> dict[Any, Any]:
+        """A dict kept in the session for the current transaction only."""
+        transaction = self.session.get_transaction()
+        held = self.session.info.get(name)
+        if held is None or held[0] is not transaction:
+            held = self.session.info[name] = (transaction, {})
+        return held[1]  # type: ignore[no-any-return]
 
     def _lock_study(self, study_id: int) -> Study:
         # FOR NO KEY UPDATE: FOR UPDATE would conflict with the FOR KEY SHARE locks that
-        # concurrent inserts of series rows take on the study, and deadlock them.
-        return self.session.scalars(
-            select(Study).where(Study.id == study_id).with_for_update(key_share=True)
-            .execution_options(populate_existing=True)).one()
+        # concurrent inserts of series rows take on the study, and deadlock them. Locked
+        # once a transaction: the row in the session is then current until the commit.
+        locked: dict[int, Study] = self._this_transaction(_LOCKED)
+        if study_id not in locked:
+            locked[study_id] = self.session.scalars(
+                select(Study).where(Study.id == study_id).with_for_update(key_share=True)
+                .execution_options(populate_existing=True)).one()
+        return locked[study_id]
 
     def _touch_study(self, study_id: int, meta: InstanceMeta, source: InstanceSource,
                      now: datetime, added: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,14 +25,19 @@ from storage import (
     InvalidUID,
     Patient,
     Series,
+    StorageError,
     StoreOutcome,
     Study,
     StudyRepository,
     StudyState,
     ingest,
+    ingest_many,
 )
+from storage import filestore as filestore_module
 
 from .storage_helpers import at, content, encoded_instance, meta, uid
+
+ingest_module = importlib.import_module("storage.ingest")
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -316,3 +322,50 @@ def test_the_nodes_own_results_never_reopen_a_study(store: FileStore,
                                           manufacturer="pacs-node"), foreign,
                   now=at(95)) is StoreOutcome.STORED
     assert _study_state(sessions, image.study_instance_uid) == StudyState.SETTLED
+
+
+def test_many_instances_in_one_call(store: FileStore, sessions: sessionmaker[Session],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A STOW-RS request's parts: new, duplicate and conflicting ones in one call, more
+    than one transaction's worth; each gets its own outcome, and every folder a file was
+    renamed into is fsynced before the index commits."""
+    monkeypatch.setattr(ingest_module, "BATCH", 3)
+    assert ingest(store, sessions, content("held"), meta(1, 1, 1)) is StoreOutcome.STORED
+    items = [(content("held"), meta(1, 1, 1)), (content("other"), meta(1, 1, 1)),
+             *[(content(f"new{n}"), meta(1, 1 + n % 2, 10 + n)) for n in range(5)]]
+    synced: list[Path] = []
+    real = filestore_module._fsync_dir
+    monkeypatch.setattr(filestore_module, "_fsync_dir",
+                        lambda path: (synced.append(path), real(path))[1])
+    outcomes = ingest_many(store, sessions, items)
+    assert outcomes == [StoreOutcome.DUPLICATE_IDENTICAL, StoreOutcome.DUPLICATE_CONFLICT_KEPT,
+                        *[StoreOutcome.STORED] * 5]
+    assert {store.path_of(store.relpath_for(uid(1), uid(1, s), uid(1, 1, 1))).parent
+            for s in (1, 2)} <= set(synced)
+    assert len(_files(store)) == 6 and _count(sessions, Instance) == 6
+    with sessions() as session:
+        assert session.scalars(select(Study)).one().instance_count == 6
+
+
+def test_one_failing_instance_of_many_fails_alone(store: FileStore,
+                                                 sessions: sessionmaker[Session],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ingest_module.index_staged
+
+    def index_staged(session: Session, store: FileStore, staged: object, meta: InstanceMeta,
+                     **kwargs: object) -> StoreOutcome:
+        if meta.sop_instance_uid == uid(1, 1, 2):
+            raise StorageError("index database error (simulated)")
+        return real(session, store, staged, meta, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest_module, "index_staged", index_staged)
+    items = [(content(f"c{n}"), meta(1, 1, n)) for n in (1, 2, 3)]
+    outcomes = ingest_many(store, sessions, items)
+    assert outcomes[0] is StoreOutcome.STORED and outcomes[2] is StoreOutcome.STORED
+    assert isinstance(outcomes[1], StorageError)
+    with sessions() as session:
+        held = {i.sop_instance_uid for i in session.scalars(select(Instance))}
+    assert held == {uid(1, 1, 1), uid(1, 1, 3)}
+    assert [p.name for p in _files(store)] == sorted(
+        Path(store.relpath_for(uid(1), uid(1, 1), uid(1, 1, n))).name for n in (1, 3))
+    assert not list(store.root.rglob("*.tmp-*"))
