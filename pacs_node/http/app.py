@@ -20,7 +20,7 @@ from ..config import Settings
 from ..receive import Receiver
 from ..retrieve import RetrieveService
 from ..search import SearchService
-from . import qido, stow, viewer, wado
+from . import qido, session, stow, viewer, wado
 from .auth import Permission, require
 
 __all__ = ["DICOMWEB_PREFIX", "create_app"]
@@ -69,7 +69,9 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
     app.include_router(stow.router, prefix=DICOMWEB_PREFIX,
                        dependencies=[Depends(require(Permission.STORE))])
     app.include_router(viewer.viewer_router(settings.http.viewer_dir,
-                                            dicomweb_prefix=DICOMWEB_PREFIX))
+                                            dicomweb_prefix=DICOMWEB_PREFIX,
+                                            auth=settings.http.auth))
+    app.include_router(session.router)
 
     if settings.http.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.http.cors_origins),

@@ -4,7 +4,8 @@ Tokens are made with ``pacs-node token create`` and kept as SHA-256 only
 (:class:`storage.TokenRepository`). A role grants permissions: ``reader`` searches and
 retrieves (QIDO-RS, WADO-RS), ``writer`` stores (STOW-RS), ``admin`` does everything (and
 the admin API). No token or an unknown one: 401 with ``WWW-Authenticate: Bearer``
-(RFC 6750); a token whose role lacks the permission: 403."""
+(RFC 6750); a token whose role lacks the permission: 403. A browser signed in at ``/login``
+carries its token in a cookie, accepted for reading only."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from fastapi import HTTPException, Request
 
 from storage import TokenRepository, TokenRole, run_write
 
-__all__ = ["Permission", "require"]
+__all__ = ["COOKIE", "Permission", "require", "role_of", "token_of"]
+
+#: The cookie of a browser signed in at /login.
+COOKIE = "pacsnode_session"
+_SAFE = frozenset({"GET", "HEAD"})
 
 
 class Permission(StrEnum):
@@ -35,18 +40,36 @@ def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
 
 
+def token_of(request: Request) -> str | None:
+    """The request's token: a bearer token, or for reading (GET, HEAD) the cookie of a
+    browser signed in at ``/login`` (:mod:`pacs_node.http.session`)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    if request.method in _SAFE:
+        return request.cookies.get(COOKIE) or None
+    return None
+
+
+def role_of(request: Request, token: str | None) -> TokenRole | None:
+    """The role of a valid, unrevoked token, or None (blocking: a database read)."""
+    if not token:
+        return None
+    sessions = request.app.state.sessions
+    return run_write(sessions, lambda session: TokenRepository(session).check(token))
+
+
 def require(permission: Permission) -> Callable[[Request], None]:
     """A FastAPI dependency: the request must carry a token granting ``permission``."""
 
     def check(request: Request) -> None:
         if not request.app.state.settings.http.auth:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = token_of(request)
+        if token is None:
             raise _unauthorized("a bearer token is required (pacs-node token create)")
-        sessions = request.app.state.sessions
-        role = run_write(sessions, lambda session: TokenRepository(session).check(token))
+        role = role_of(request, token)
         if role is None:
             raise _unauthorized("the token is not valid (unknown or revoked)", "invalid_token")
         if permission not in _GRANTED[role]:

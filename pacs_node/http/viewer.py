@@ -9,6 +9,9 @@ any other path under ``/viewer`` that is not a file answers ``index.html`` and t
 router takes over; a missing file with a static asset's extension (``.js``, ``.css``,
 ``.wasm``...) is a 404, so a broken install fails loudly instead of parsing HTML as script.
 
+With ``http.auth`` on, the page sends a browser that is not signed in to ``/login``
+(:mod:`pacs_node.http.session`); its DICOMweb requests then carry the session cookie.
+
 Without the folder every ``/viewer`` path is a 404 saying that ``make install`` fetches it;
 the rest of the node runs as usual.
 """
@@ -22,6 +25,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+
+from .auth import role_of, token_of
+from .session import login_url
 
 __all__ = ["VIEWER_PREFIX", "app_config", "default_viewer_dir", "viewer_router"]
 
@@ -97,8 +103,12 @@ def app_config(dicomweb_prefix: str) -> str:
     )
 
 
-def viewer_router(viewer_dir: Path | None, *, dicomweb_prefix: str) -> APIRouter:
-    """Routes under :data:`VIEWER_PREFIX` serving ``viewer_dir`` (None: the default)."""
+def viewer_router(viewer_dir: Path | None, *, dicomweb_prefix: str,
+                  auth: bool = False) -> APIRouter:
+    """Routes under :data:`VIEWER_PREFIX` serving ``viewer_dir`` (None: the default).
+
+    ``auth`` (``http.auth``): the page itself sends a browser that is not signed in to
+    ``/login`` first (its files stay public: they are OHIF's, the same for everyone)."""
     folder = (viewer_dir or default_viewer_dir()).expanduser().resolve()
     router = APIRouter(prefix=VIEWER_PREFIX, include_in_schema=False)
     config_js = app_config(dicomweb_prefix)
@@ -111,7 +121,9 @@ def viewer_router(viewer_dir: Path | None, *, dicomweb_prefix: str) -> APIRouter
     def installed() -> bool:
         return (folder / "index.html").is_file()
 
-    def index() -> Response:
+    def index(request: Request) -> Response:
+        if auth and role_of(request, token_of(request)) is None:
+            return RedirectResponse(login_url(request), status_code=303, headers=_NO_CACHE)
         return FileResponse(folder / "index.html", media_type="text/html", headers=_NO_CACHE)
 
     @router.get("")
@@ -128,11 +140,11 @@ def viewer_router(viewer_dir: Path | None, *, dicomweb_prefix: str) -> APIRouter
         return Response(config_js, media_type="text/javascript", headers=_NO_CACHE)
 
     @router.get("/{path:path}")
-    async def files(path: str) -> Response:
+    def files(path: str, request: Request) -> Response:
         if not installed():
             return missing()
         if not path:
-            return index()
+            return index(request)
         target = (folder / path).resolve()
         if target.is_relative_to(folder) and target.is_file():
             headers = ({"Cache-Control": "public, max-age=31536000, immutable"}
@@ -141,6 +153,6 @@ def viewer_router(viewer_dir: Path | None, *, dicomweb_prefix: str) -> APIRouter
         if Path(path).suffix.lower() in _STATIC:
             return PlainTextResponse(f"{VIEWER_PREFIX}/{path}: no such file in the viewer",
                                      status_code=404)
-        return index()
+        return index(request)
 
     return router

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
+from pacs_node.cli import app
 from pacs_node.config import Settings
 from pacs_node.http import HttpServer, create_app
 from storage import FileStore, InstanceMeta, create_engine_for, ingest, migrate, session_factory
@@ -104,3 +106,23 @@ def web(make_web: Callable[..., Web]) -> Web:
 
 
 __all__ = ["SR_STORAGE", "Web", "archive", "uid"]
+
+
+@pytest.fixture
+def secured(make_web: Callable[..., Web]) -> tuple[Web, Path]:
+    """A node with http.auth on, holding one study, and a config file naming its index."""
+    web = make_web(http={"auth": True})
+    web.add(make_instance(1, 1, 1))
+    config = web.folder / "config.yaml"
+    config.write_text(f"storage:\n  root: {web.store.root}\n"
+                      f"  database_url: 'sqlite:///{web.folder / 'index.db'}'\n")
+    return web, config
+
+
+def create(config: Path, name: str, role: str) -> str:
+    out = CliRunner().invoke(app, ["token", "create", "--name", name, "--role", role,
+                                   "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    token = out.stdout.strip().splitlines()[-1]
+    assert token.startswith("pacsnode_")
+    return token

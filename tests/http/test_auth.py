@@ -15,30 +15,10 @@ from typer.testing import CliRunner
 from pacs_node.cli import app
 from tests.dimse.dimse_helpers import make_instance, part10
 
-from .conftest import Web, uid
+from .conftest import Web, create, uid
 from .test_stow import multipart
 
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=pacsnodeboundary'
-
-
-@pytest.fixture
-def secured(make_web: Callable[..., Web]) -> tuple[Web, Path]:
-    """A node with http.auth on, holding one study, and a config file naming its index."""
-    web = make_web(http={"auth": True})
-    web.add(make_instance(1, 1, 1))
-    config = web.folder / "config.yaml"
-    config.write_text(f"storage:\n  root: {web.store.root}\n"
-                      f"  database_url: 'sqlite:///{web.folder / 'index.db'}'\n")
-    return web, config
-
-
-def create(config: Path, name: str, role: str) -> str:
-    out = CliRunner().invoke(app, ["token", "create", "--name", name, "--role", role,
-                                   "--config", str(config)])
-    assert out.exit_code == 0, out.output
-    token = out.stdout.strip().splitlines()[-1]
-    assert token.startswith("pacsnode_")
-    return token
 
 
 def get(web: Web, path: str, token: str | None = None) -> requests.Response:

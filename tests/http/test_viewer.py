@@ -169,7 +169,11 @@ def test_with_auth_on_the_viewer_files_stay_public_and_dicomweb_asks_for_a_token
         make_web: Callable[..., Web]) -> None:
     require_viewer()
     web = make_web(http={"auth": True})
-    for path in ("/viewer/", "/viewer/app-config.js", "/viewer/viewer?StudyInstanceUIDs=1.2"):
+    bundle = next(require_viewer().glob("app.bundle.*.js")).name
+    for path in ("/viewer/app-config.js", f"/viewer/{bundle}"):
         assert requests.get(web.url + path, timeout=30).status_code == 200, path
+    for path in ("/viewer/", "/viewer/viewer?StudyInstanceUIDs=1.2"):  # the page: sign in
+        answer = requests.get(web.url + path, timeout=30, allow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login?")
     answer = requests.get(f"{web.url}/dicomweb/studies", timeout=30)
     assert answer.status_code == 401 and "Bearer" in answer.headers["www-authenticate"]

@@ -2,11 +2,12 @@
 
 A synthetic two-view study goes through the real pipeline with the demo weights into the
 store of a running node HTTP app (the SR and the overlays it writes); then Python's
-playwright drives Debian's chromium (``/usr/bin/chromium``, no browser download): the study
-list at /viewer, the study opened in the Basic Viewer, the SR opened on its view. The test
-asserts on what a reader sees: the SR's candidate regions drawn on the image with their
-evidence score, and listed as measurements once tracked. Screenshots of each step go to the
-test's tmp folder and to ``test-artifacts/viewer/`` at the repository root (git-ignored).
+playwright drives Debian's chromium (``/usr/bin/chromium``, no browser download): signing
+in with a reader token (the node runs with ``http.auth`` on), the study list at /viewer,
+the study opened in the Basic Viewer, the SR opened on its view. The test asserts on what
+a reader sees: the SR's candidate regions drawn on the image with their evidence score,
+and listed as measurements once tracked. Screenshots of each step go to the test's tmp
+folder and to ``test-artifacts/viewer/`` at the repository root (git-ignored).
 
 Nothing here is skipped: without chromium (``make peers``) or the viewer (``make install``)
 the test fails and says which command installs it.
@@ -24,6 +25,7 @@ import pydicom
 import pytest
 
 from models.synth import generate_dataset, read_manifest
+from storage import TokenRepository, TokenRole, run_write
 from tests.workers.conftest import ingest_file, settle_job
 from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 from workers.routing import Route
@@ -55,6 +57,7 @@ class Processed:
     regions: list[Region]
     negative_uid: str  # without: its SR has none
     negative_impression: str
+    token: str  # a reader token: the node runs with http.auth on, as in a hospital
 
 
 def _regions(sr: pydicom.Dataset) -> list[Region]:
@@ -87,7 +90,9 @@ def processed(make_web: Callable[..., Web], tmp_path: Path) -> Processed:
     """A node holding two synthetic two-view studies processed by the pipeline: one with a
     fracture (an SR with candidate regions, and overlays), one without."""
     require_viewer()
-    web = make_web()
+    web = make_web(http={"auth": True})
+    token = run_write(web.sessions, lambda session: TokenRepository(session).create(
+        "ohif", TokenRole.READER))
     root = tmp_path / "synth"
     generate_dataset(root, studies=4, seed=21, size=512)
     studies: dict[str, list[tuple[Path, int]]] = {}
@@ -105,7 +110,7 @@ def processed(make_web: Callable[..., Web], tmp_path: Path) -> Processed:
     (impression,) = [item.TextValue for item in negative.ContentSequence
                      if item.ConceptNameCodeSequence[0].CodeValue == "121073"]
     return Processed(web, str(sr.StudyInstanceUID), str(sr.PatientID), regions,
-                     str(negative.StudyInstanceUID), impression)
+                     str(negative.StudyInstanceUID), impression, token)
 
 
 @pytest.fixture
@@ -149,8 +154,14 @@ def test_a_reader_sees_the_srs_findings_drawn_and_listed_in_ohif(
         try:
             page = new_page()
             try:
-                # The study list, read over QIDO-RS from the node.
+                # Signed in with a reader token first (http.auth is on).
                 page.goto(f"{web.url}/viewer")
+                expect(page).to_have_url(re.compile(r"/login\?next="))
+                page.get_by_label("Access token").fill(processed.token)
+                shots(page, "0-sign-in")
+                page.get_by_role("button", name="Sign in").click()
+
+                # The study list, read over QIDO-RS from the node.
                 row = page.get_by_text(processed.patient_id, exact=True)
                 expect(row).to_be_visible()
                 page.get_by_role("button", name="Confirm and hide").click()  # OHIF's notice
