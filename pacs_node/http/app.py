@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from importlib import metadata
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage import FileStore, InvalidQuery
 
 from ..config import Settings
+from ..dimse._logfilter import printable
 from ..receive import Receiver
 from ..retrieve import RetrieveService
 from ..search import SearchService
@@ -35,6 +37,36 @@ def _version() -> str:
         return metadata.version("pacs-node")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _RequestLog:
+    """One INFO line per request: method, path, status, duration. Never the query string
+    (QIDO-RS queries carry patient names and IDs); the path with control characters
+    escaped (it is the client's). Pure ASGI: Starlette's ``BaseHTTPMiddleware`` would wrap
+    every body chunk of a STOW-RS upload in a task group of its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless the app answers
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            log.info("%s %s %d %.0f ms", printable(scope["method"], 16),
+                     printable(scope["path"], 300), status,
+                     (time.perf_counter() - started) * 1000)
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileStore, *,
@@ -62,6 +94,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
                                   overwrite_conflicts=settings.node.overwrite_conflicting_duplicates,
                                   on_stored=on_stored)
     app.state.dicomweb_prefix = DICOMWEB_PREFIX
+    app.add_middleware(_RequestLog)
     app.state.sessions = sessions
     reading = [Depends(require(Permission.READ))]
     app.include_router(qido.router, prefix=DICOMWEB_PREFIX, dependencies=reading)
@@ -86,16 +119,5 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
     @app.exception_handler(ValueError)
     async def bad_value(_request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.middleware("http")
-    async def log_request(request: Request,
-                          call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # One line per request without the query string: QIDO queries carry patient names
-        # and IDs, which never go into the log.
-        started = time.perf_counter()
-        response = await call_next(request)
-        log.info("%s %s %d %.0f ms", request.method, request.url.path,
-                 response.status_code, (time.perf_counter() - started) * 1000)
-        return response
 
     return app

@@ -143,3 +143,12 @@ def test_no_patient_data_in_the_request_log(web: Web,
                        if r.name.startswith(("pacs_node", "uvicorn", "fastapi", "starlette")))
     assert "GET /dicomweb/studies 200" in logged
     assert "Smith" not in logged and "P1" not in logged
+
+
+def test_a_forged_path_stays_on_one_log_line(web: Web, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    forged = "/dicomweb/studies%0A2026-01-01 INFO pacs_node granted admin"
+    assert requests.get(web.url + forged, timeout=10).status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("pacs_node.http")]
+    assert any("studies\\x0a2026-01-01" in line and " 404 " in line for line in lines), lines
+    assert not any("\n" in line for line in lines)
