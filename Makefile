@@ -20,6 +20,9 @@ OHIF_DIR := .cache/ohif
 # the PostgreSQL and Redis servers the tests start when none answers on their ports, and the
 # chromium that playwright drives in the viewer test: no browser download).
 PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql redis-server chromium
+# Orthanc 1.12.7 from Debian trixie, privately unpacked (scripts/fetch_orthanc.sh): Debian 12's
+# 1.10.1 cannot pull by C-GET, which one test needs of a PACS.
+ORTHANC_TRIXIE_DIR := .cache/orthanc-trixie
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install viewer run test peers lint bench demo-weights clean
@@ -54,6 +57,7 @@ peers:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@scripts/fetch_orthanc.sh $(ORTHANC_TRIXIE_DIR)
 
 test: install peers
 	$(VENV)/bin/pytest -q

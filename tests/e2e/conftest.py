@@ -33,6 +33,9 @@ from tests.dicom_checks import dciodvfy_errors as dciodvfy_errors  # used by the
 REPO = Path(__file__).resolve().parents[2]
 PACS_NODE = str(Path(sys.executable).with_name("pacs-node"))
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+# Orthanc 1.12 from Debian trixie (`make peers`, scripts/fetch_orthanc.sh): Debian 12's 1.10
+# has no C-GET SCU.
+ORTHANC_TRIXIE = REPO / ".cache" / "orthanc-trixie" / "orthanc"
 # What the running test started (cleared and checked by `_stop_and_check_after_each_test`).
 _STARTED: list[subprocess.Popen[bytes]] = []
 _NODES: list[NodeProcess] = []
@@ -137,10 +140,18 @@ class Orthanc:
             return json.loads(response.read())
 
 
-def start_orthanc(workdir: Path, dicom_port: int | None = None) -> Orthanc:
-    binary = require("Orthanc")
-    if not DICOMWEB_PLUGIN.is_file():
-        pytest.fail("orthanc-dicomweb is not installed: run `make test`")
+def start_orthanc(workdir: Path, dicom_port: int | None = None, *,
+                  trixie: bool = False) -> Orthanc:
+    """Debian's Orthanc with its DICOMweb plugin, or (``trixie``) the newer one without it."""
+    if trixie:
+        if not os.access(ORTHANC_TRIXIE, os.X_OK):
+            pytest.fail(f"{ORTHANC_TRIXIE} is missing: run `make peers`")
+        binary, plugins = str(ORTHANC_TRIXIE), []
+    else:
+        binary = require("Orthanc")
+        if not DICOMWEB_PLUGIN.is_file():
+            pytest.fail("orthanc-dicomweb is not installed: run `make test`")
+        plugins = [str(DICOMWEB_PLUGIN)]
     orthanc = Orthanc(dicom_port or free_port(), free_port())
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
@@ -149,7 +160,7 @@ def start_orthanc(workdir: Path, dicom_port: int | None = None) -> Orthanc:
         "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
-        "Plugins": [str(DICOMWEB_PLUGIN)], "StableAge": 2, "HttpTimeout": 30,
+        "Plugins": plugins, "StableAge": 2, "HttpTimeout": 30,
     }
     (workdir / "orthanc.json").write_text(json.dumps(config))
     with (workdir / "orthanc.log").open("wb") as log:

@@ -1,8 +1,8 @@
 """A PACS pulling from the running node: Orthanc, with the node declared as a DICOM
-modality, retrieves a study by C-MOVE (to itself, declared in the node's ``remotes``).
-
-Orthanc 1.10 (Debian's) has no C-GET SCU (it came in 1.12.6): C-GET is tested with
-dcmtk getscu and pynetdicom in tests/dimse/test_retrieve.py."""
+modality, retrieves a study by C-MOVE (to itself, declared in the node's ``remotes``) and
+by C-GET (over its own association). Debian 12's Orthanc 1.10 has no C-GET SCU (it came in
+1.12.6): the C-GET pull runs Orthanc 1.12.7 from Debian trixie (scripts/fetch_orthanc.sh).
+dcmtk getscu/movescu and pynetdicom retrieve at every level in tests/dimse/test_retrieve.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import yaml
 
-from .conftest import Orthanc, make_node, rg3_copy, storescu, wait_for
+from .conftest import Orthanc, make_node, rg3_copy, start_orthanc, stop_process, storescu, wait_for
 
 
 def test_orthanc_pulls_a_study_by_c_move(tmp_path: Path, orthanc: Orthanc) -> None:
@@ -37,3 +37,28 @@ def test_orthanc_pulls_a_study_by_c_move(tmp_path: Path, orthanc: Orthanc) -> No
     copy = pydicom.dcmread(BytesIO(orthanc.file(held["id"])))
     assert np.array_equal(copy.pixel_array, sent.pixel_array)
     assert "C-MOVE from" in node.log() and "to 'ORTHANC'" in node.log()
+
+
+def test_orthanc_pulls_a_study_by_c_get(tmp_path: Path) -> None:
+    orthanc = start_orthanc(tmp_path / "orthanc", trixie=True)
+    try:
+        assert orthanc.get("/system")["Version"] >= "1.12.6"
+        node = make_node(tmp_path / "node")
+        node.start()
+        study_file = rg3_copy(tmp_path / "study")
+        sent = pydicom.dcmread(study_file)
+        assert storescu(node.port, [study_file]).returncode == 0
+
+        orthanc.put_modality("node", "PACSNODE", node.port)
+        orthanc.get_post("/modalities/node/get", {
+            "Level": "Study", "Resources": [{"StudyInstanceUID": sent.StudyInstanceUID}],
+            "Synchronous": True})
+        wait_for(lambda: len(orthanc.instances_of(sent.StudyInstanceUID)) >= 1, timeout=60,
+                 what="Orthanc to hold the study it pulled")
+        (held,) = [i for i in orthanc.instances_of(sent.StudyInstanceUID)
+                   if i["tags"]["SOPInstanceUID"] == sent.SOPInstanceUID]
+        copy = pydicom.dcmread(BytesIO(orthanc.file(held["id"])))
+        assert np.array_equal(copy.pixel_array, sent.pixel_array)
+        assert "C-GET" in node.log()
+    finally:
+        stop_process(orthanc.process)
