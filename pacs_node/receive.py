@@ -27,6 +27,7 @@ from storage import (
     InstanceMeta,
     InstanceSource,
     InvalidInstance,
+    StagedFile,
     StorageError,
     StoreOutcome,
     WrittenFile,
@@ -184,7 +185,8 @@ class Receiver:
             raise outcome
         return outcome
 
-    def store_many(self, items: list[tuple[bytes | Path | WrittenFile, InstanceMeta]], *,
+    def store_many(self, items: list[tuple[bytes | Path | WrittenFile | StagedFile,
+                                           InstanceMeta]], *,
                    calling_ae: str) -> list[Received | Refused]:
         """:meth:`store_instance` for several validated instances (one STOW-RS request:
         indexed in few transactions, :func:`storage.ingest_many`); each one's result."""

@@ -71,14 +71,17 @@ BATCH = 50
 
 
 def ingest_many(store: FileStore, sessions: sessionmaker[Session],
-                items: Sequence[tuple[Data, InstanceMeta]], *, overwrite_conflicts: bool = False,
+                items: Sequence[tuple[Data | StagedFile, InstanceMeta]], *,
+                overwrite_conflicts: bool = False,
                 source: InstanceSource | str = InstanceSource.RECEIVED,
                 calling_ae: str | None = None, now: datetime | None = None
                 ) -> list[StoreOutcome | StorageError]:
     """:func:`ingest` for several instances at once (the parts of one STOW-RS request);
     return each one's outcome, or the storage error that refused it.
 
-    Each instance is staged (written, fsynced) on its own; up to :data:`BATCH` are then
+    Each instance is staged (written, fsynced) on its own, unless the caller staged it
+    already (a :class:`StagedFile` of ``store.stage`` for that instance: it is then
+    committed or discarded here like the others); up to :data:`BATCH` are then
     indexed in one write transaction, their folders fsynced once each before the commit,
     so a request of many parts pays one commit instead of one per part. When that
     transaction fails, each instance of it is indexed on its own again, so one bad
@@ -89,6 +92,9 @@ def ingest_many(store: FileStore, sessions: sessionmaker[Session],
     staged: dict[int, StagedFile] = {}
     try:
         for i, (data, meta) in enumerate(items):
+            if isinstance(data, StagedFile):  # staged by the caller already (STOW-RS)
+                staged[i] = data
+                continue
             try:
                 staged[i] = store.stage(meta.study_instance_uid, meta.series_instance_uid,
                                         meta.sop_instance_uid, data)

@@ -32,7 +32,14 @@ from pydicom import Dataset
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-from storage import InstanceMeta, StoreOutcome, WrittenFile, is_valid_uid
+from storage import (
+    InstanceMeta,
+    StagedFile,
+    StorageError,
+    StoreOutcome,
+    WrittenFile,
+    is_valid_uid,
+)
 
 from ..receive import Receiver, Refused, read_header
 from .common import DICOM_JSON, DicomJSONResponse, checked_uid
@@ -58,6 +65,7 @@ class _Part:
     head: bytes = b""  # the first bytes, held until the preamble question is settled
     settled: bool = False
     meta: InstanceMeta | None = None  # the checks passed
+    staged: StagedFile | None = None  # and the file is staged for the store
     refused: Refused | None = None  # or why not
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
@@ -151,9 +159,16 @@ class _Upload:
         try:
             if kind != "application/dicom":
                 raise Refused(0xC000, f"a part of type {kind[:64]!r}, not application/dicom")
-            part.meta = self._receiver.validate(part.path, study=self._study)
+            meta = self._receiver.validate(part.path, study=self._study)
+            # Moved beside its final place and fsynced here, while the next part arrives.
+            part.staged = self._receiver.store.stage(
+                meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid,
+                part.written())
+            part.meta = meta
         except Refused as exc:
             part.refused = exc
+        except StorageError as exc:
+            part.refused = Refused(exc.dimse_status, f"{type(exc).__name__}: {exc}")
 
     def write(self, data: bytes) -> None:
         part = self.parts[-1]
@@ -219,6 +234,8 @@ class _Upload:
         if self._handle is not None:
             self._handle.close()
         for part in self.parts:
+            if part.staged is not None:
+                self._receiver.store.discard(part.staged)  # a no-op once stored
             try:
                 os.unlink(part.path)
             except FileNotFoundError:
@@ -279,8 +296,8 @@ def _store_parts(receiver: Receiver, parts: list[_Part]) -> list[_Outcome]:
         outcome.sop_class, outcome.sop_instance = meta.sop_class_uid, meta.sop_instance_uid
         outcome.study, outcome.series = meta.study_instance_uid, meta.series_instance_uid
         valid.append((outcome, part, meta))
-    stored = receiver.store_many([(part.written(), meta) for _, part, meta in valid],
-                                 calling_ae="STOW-RS")
+    stored = receiver.store_many([(part.staged, meta) for _, part, meta in valid
+                                  if part.staged is not None], calling_ae="STOW-RS")
     for (outcome, part, _), result in zip(valid, stored, strict=True):
         if isinstance(result, Refused):
             _refused(outcome, part, result)
