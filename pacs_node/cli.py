@@ -396,8 +396,10 @@ def worker(
                                    max_attempts=settings.queue.max_attempts,
                                    lease_seconds=settings.queue.lease_seconds)
     pool = ["--pool=solo"] if concurrency == 1 else ["--pool=prefork", f"-c{concurrency}"]
-    celery_app.worker_main(["worker", f"--loglevel={log_level.upper()}", "-Q", "pacs-node",
-                            *pool])
+    from workers.dispatch import QUEUES
+
+    queues = ",".join(QUEUES[lane] for lane in sorted(QUEUES))  # most urgent first
+    celery_app.worker_main(["worker", f"--loglevel={log_level.upper()}", "-Q", queues, *pool])
 
 
 @app.command()

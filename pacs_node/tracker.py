@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import JobRepository, StudyRepository, run_write
+from storage import LANE_LIVE, JobRepository, StudyRepository, run_write
 from workers.dispatch import Dispatcher
 
 __all__ = ["StudyTracker"]
@@ -100,8 +100,13 @@ class StudyTracker:
         """Run ``work`` in a committed transaction, then wake a worker for each job id it
         returns: never before the commit (a worker must find the row)."""
         job_ids = run_write(self.sessions, work)
-        for job_id in job_ids:
-            self.dispatcher.enqueue(job_id)
+        if job_ids:
+            with self.sessions() as session:
+                lanes = JobRepository(session).lanes(job_ids)
+            # Most urgent lane first: in the embedded runner order is the lane's anyway,
+            # and a Celery worker then sees the urgent message before the others.
+            for job_id in sorted(job_ids, key=lambda j: (lanes.get(j, LANE_LIVE), j)):
+                self.dispatcher.enqueue(job_id, lane=lanes.get(job_id, LANE_LIVE))
         if job_ids:
             log.info(message, job_ids)
         return job_ids

@@ -13,6 +13,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from .errors import InvalidInstance
+from .triage import requested_urgency
 from .uids import validate_uid
 
 __all__ = ["NODE_MANUFACTURER", "RESULT_SOP_CLASSES", "InstanceMeta", "StoreOutcome"]
@@ -106,6 +107,9 @@ class InstanceMeta:
     # Made by a pacs-node (Manufacturer "pacs-node" on an SR, SC or KOS): a result, which
     # never re-opens its study for processing (loop protection).
     node_result: bool = False
+    # Why the sender wants the study read urgently (storage.triage.requested_urgency:
+    # STAT in the data, or C-STORE Priority HIGH added by the C-STORE handler), or "".
+    requested_priority: str = ""
 
     def __post_init__(self) -> None:
         for name, keyword in (("sop_instance_uid", "SOPInstanceUID"),
@@ -162,6 +166,7 @@ class InstanceMeta:
             photometric_interpretation=_text(ds, "PhotometricInterpretation", _WIDTH["CS"]),
             node_result=(_text(ds, "Manufacturer", _WIDTH["LO"]) == NODE_MANUFACTURER
                          and str(sop_class) in RESULT_SOP_CLASSES),
+            requested_priority=requested_urgency(ds),
         )
 
     @classmethod

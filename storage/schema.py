@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ._types import Id, UTCDateTime
+from .triage import PrioritySource, TriagePriority
 
 __all__ = [
     "ApiToken",
@@ -39,6 +40,7 @@ __all__ = [
     "Job",
     "JobState",
     "Patient",
+    "PriorityEvent",
     "Result",
     "Series",
     "Study",
@@ -119,6 +121,8 @@ class Study(Base):
     __tablename__ = "studies"
     __table_args__ = (
         CheckConstraint(_one_of("state", StudyState), name="state"),
+        CheckConstraint("triage_priority IS NULL OR "
+                        + _one_of("triage_priority", TriagePriority), name="triage_priority"),
         Index("ix_studies_state_last_received_at", "state", "last_received_at"),
     )
 
@@ -136,6 +140,10 @@ class Study(Base):
     last_received_at: Mapped[datetime]
     state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING)
     priority: Mapped[float | None]
+    # storage.triage.TriagePriority; None until a result or the sender says otherwise.
+    triage_priority: Mapped[str | None] = mapped_column(String(16), index=True)
+    # Why the sender asked for urgency (C-STORE Priority HIGH, STAT): a floor, or None.
+    requested_priority: Mapped[str | None] = mapped_column(String(64))
     current_job_id: Mapped[int | None] = mapped_column(
         Id, ForeignKey("jobs.id", ondelete="SET NULL", use_alter=True))
 
@@ -215,6 +223,8 @@ class Job(Base):
     instance_count_at_creation: Mapped[int] = mapped_column(default=0)
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(64))
+    # The queue lane (storage.triage: 0 urgent, 1 live, 2 batch), served in that order.
+    lane: Mapped[int] = mapped_column(default=1, server_default="1")
 
     study: Mapped[Study] = relationship(foreign_keys=[study_id])
 
@@ -277,3 +287,22 @@ class ApiToken(Base):
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class PriorityEvent(Base):
+    """One change of a study's triage priority: what set it (``source``: result, sender,
+    user), who (``actor``: a model and version, an AE title, a token's name) and why."""
+
+    __tablename__ = "priority_events"
+    __table_args__ = (CheckConstraint(_one_of("priority", TriagePriority), name="priority"),
+                      CheckConstraint(_one_of("source", PrioritySource), name="source"))
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    priority: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(Id, ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime]

@@ -14,6 +14,9 @@ from sqlalchemy import update
 
 from pacs_node.tracker import StudyTracker
 from storage import (
+    LANE_BATCH,
+    LANE_LIVE,
+    LANE_URGENT,
     FileStore,
     Job,
     JobRepository,
@@ -38,9 +41,11 @@ class FakeDispatcher:
         self.sessions = sessions
         self.sent: list[int] = []
 
-    def enqueue(self, job_id: int, *, countdown: float = 0.0) -> None:
+    def enqueue(self, job_id: int, *, countdown: float = 0.0, lane: int = 1) -> None:
         with self.sessions() as session:
-            assert session.get(Job, job_id) is not None, "woken before the commit"
+            job = session.get(Job, job_id)
+            assert job is not None, "woken before the commit"
+            assert job.lane == lane, "woken in another lane than the job's"
         self.sent.append(job_id)
 
 
@@ -183,3 +188,36 @@ def test_celery_task_retries_with_backoff_then_gives_up(monkeypatch: pytest.Monk
     stand_in.script = [JobFailed(6, "boom", retry=False)]
     assert task.apply(args=[6]).get() == "failed"
     assert stand_in.calls == [5, 5, 6]
+
+
+def test_embedded_runner_serves_urgent_then_live_then_batch() -> None:
+    """Jobs waiting while one runs: the urgent one first, live ones by arrival, the
+    archive's last (storage.triage lanes)."""
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    class Blocking:
+        def run(self, job_id: int) -> str:
+            ran.append(job_id)
+            if job_id == 1:
+                started.set()
+                assert release.wait(30)
+            return "done"
+
+    runner = LocalDispatcher(lambda: Blocking())  # type: ignore[arg-type, return-value]
+    runner.start()
+    try:
+        runner.enqueue(1)
+        _wait(started, "the first job")
+        for job_id, lane in ((2, LANE_LIVE), (3, LANE_BATCH), (4, LANE_LIVE),
+                             (5, LANE_URGENT), (6, LANE_BATCH)):
+            runner.enqueue(job_id, lane=lane)
+        runner.enqueue(7, lane=LANE_URGENT, countdown=30)  # a retry, not due yet
+        assert runner.depth() == {LANE_URGENT: 2, LANE_LIVE: 2, LANE_BATCH: 2}
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(ran) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran == [1, 5, 2, 4, 3, 6]
+    finally:
+        runner.stop()

@@ -1,9 +1,11 @@
 """The Celery application, built by the entry point (``pacs-node worker``), never at import.
 
-Tasks take job ids only and reload everything from the index; they are acknowledged late,
-re-delivered when a worker dies (``task_reject_on_worker_lost``; attempts are capped by the
-job row itself), retried with exponential backoff, and idempotent: a job that is done,
-superseded or held by another worker is skipped by the claim.
+Tasks take job ids only and reload everything from the index; each goes to the queue of
+its lane (urgent, live, batch: :data:`workers.dispatch.QUEUES`), which workers serve in
+that order. They are acknowledged late, re-delivered when a worker dies
+(``task_reject_on_worker_lost``; attempts are capped by the job row itself), retried with
+exponential backoff, and idempotent: a job that is done, superseded or held by another
+worker is skipped by the claim.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def create_celery_app(broker_url: str, *, pipeline_factory: Callable[[], StudyPi
         task_default_queue="pacs-node",
         broker_connection_retry_on_startup=True,
         # An unacknowledged message comes back after this long; the reconciler is faster.
-        broker_transport_options={"visibility_timeout": max(60.0, 2 * lease_seconds)},
+        # "priority": a worker asks its queues in the order it was given them (urgent,
+        # live, batch: workers.dispatch.QUEUES), Redis BRPOP answering from the first
+        # non-empty one, so an urgent job waits for no live or batch job queued before it.
+        broker_transport_options={"visibility_timeout": max(60.0, 2 * lease_seconds),
+                                  "queue_order_strategy": "priority"},
         worker_hijack_root_logger=False,
     )
     state: dict[str, StudyPipeline] = {}

@@ -12,7 +12,16 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from .._db import insert_ignore, lock_key, utcnow
 from ..filestore import StoredFile
 from ..meta import InstanceMeta, StoreOutcome
-from ..schema import Instance, InstanceSource, Patient, Series, Study, StudyState
+from ..schema import (
+    Instance,
+    InstanceSource,
+    Patient,
+    PriorityEvent,
+    Series,
+    Study,
+    StudyState,
+)
+from ..triage import PrioritySource, TriagePriority
 
 __all__ = ["InstanceRepository", "decide"]
 
@@ -131,7 +140,7 @@ class InstanceRepository:
             if added and old_series is not None:
                 old = self._lock_study(old_series.study_id)
                 old.instance_count = max(0, old.instance_count - 1)
-        self._touch_study(study_id, meta, source, now, added)
+        self._touch_study(study_id, meta, source, now, added, calling_ae)
         self.session.flush()
         return outcome
 
@@ -197,7 +206,7 @@ class InstanceRepository:
         return locked[study_id]
 
     def _touch_study(self, study_id: int, meta: InstanceMeta, source: InstanceSource,
-                     now: datetime, added: bool) -> None:
+                     now: datetime, added: bool, calling_ae: str | None = None) -> None:
         study = self._lock_study(study_id)
         if added:
             study.instance_count += 1
@@ -212,3 +221,17 @@ class InstanceRepository:
         if source is InstanceSource.RECEIVED and not meta.node_result:
             study.last_received_at = max(study.last_received_at, now)
             study.state = str(StudyState.RECEIVING)
+            if meta.requested_priority and not study.requested_priority:
+                self._sender_urgency(study, meta.requested_priority, calling_ae, now)
+
+    def _sender_urgency(self, study: Study, reason: str, calling_ae: str | None,
+                        now: datetime) -> None:
+        """The sender asked for urgency: a floor for the study's triage priority (its jobs
+        run in the urgent lane; no result lowers it, storage.triage)."""
+        study.requested_priority = reason[:64]
+        if study.triage_priority != TriagePriority.HIGH:
+            study.triage_priority = str(TriagePriority.HIGH)
+            self.session.add(PriorityEvent(
+                study_id=study.id, priority=str(TriagePriority.HIGH),
+                source=str(PrioritySource.SENDER), reason=f"requested by the sender: {reason}",
+                actor=(calling_ae or "unknown sender")[:64], created_at=now))

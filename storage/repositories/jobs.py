@@ -207,6 +207,13 @@ class JobRepository:
             .execution_options(synchronize_session="fetch")).scalars().all()
         return sorted(released)
 
+    def lanes(self, job_ids: Sequence[int]) -> dict[int, int]:
+        """The queue lane of each job (storage.triage: 0 urgent, 1 live, 2 batch)."""
+        if not job_ids:
+            return {}
+        rows = self.session.execute(select(Job.id, Job.lane).where(Job.id.in_(list(job_ids))))
+        return {int(job_id): int(lane) for job_id, lane in rows}
+
     def touch_enqueued(self, job_id: int, now: datetime | None = None) -> None:
         """Record that a wake-up message for the job was just sent."""
         now = now or utcnow()

@@ -10,7 +10,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .._db import utcnow
-from ..schema import Instance, InstanceSource, Job, JobState, Result, Series, Study, StudyState
+from ..schema import (
+    Instance,
+    InstanceSource,
+    Job,
+    JobState,
+    PriorityEvent,
+    Result,
+    Series,
+    Study,
+    StudyState,
+)
+from ..triage import PrioritySource, TriagePriority, floored, lane_for
 
 __all__ = ["StudyListing", "StudyRepository"]
 
@@ -136,7 +147,7 @@ class StudyRepository:
                   max_interruptions=max_interruptions, created_at=now, updated_at=now,
                   enqueued_at=enqueued_at,
                   instance_count_at_creation=study.instance_count, model_name=model_name,
-                  model_version=model_version)
+                  model_version=model_version, lane=lane_for(study.requested_priority))
         self.session.add(job)
         self.session.flush()
         study.current_job_id = job.id
@@ -148,6 +159,42 @@ class StudyRepository:
         return self.session.scalars(
             select(Study).join(Job, Job.id == Study.current_job_id)
             .where(Job.state == JobState.FAILED).order_by(Study.id)).all()
+
+    def set_triage(self, study_id: int, priority: TriagePriority | str, *,
+                   source: PrioritySource | str, reason: str, actor: str,
+                   job_id: int | None = None, now: datetime | None = None) -> TriagePriority:
+        """Set a study's triage priority and record the change (:class:`PriorityEvent`);
+        return the priority set.
+
+        A result never lowers the sender's urgency (:func:`storage.triage.floored`): the
+        priority recorded is then HIGH, and the reason says both. A user (an admin, with a
+        reason) may set any priority; it holds until the next result.
+        """
+        now = now or utcnow()
+        source = PrioritySource(source)
+        priority = TriagePriority(priority)
+        study = self._lock(study_id)
+        if source is PrioritySource.RESULT:
+            floor = floored(priority, study.requested_priority)
+            if floor is not priority:
+                reason = f"{reason}; raised to {floor} by the sender: {study.requested_priority}"
+                priority = floor
+        study.triage_priority = str(priority)
+        self.session.add(PriorityEvent(study_id=study_id, priority=str(priority),
+                                       source=str(source), reason=reason[:1000],
+                                       actor=actor[:64], job_id=job_id, created_at=now))
+        self.session.flush()
+        return priority
+
+    def priority_history(self, study_id: int) -> Sequence[PriorityEvent]:
+        """Every priority change of a study, oldest first."""
+        return self.session.scalars(select(PriorityEvent).where(
+            PriorityEvent.study_id == study_id).order_by(PriorityEvent.id)).all()
+
+    def _lock(self, study_id: int) -> Study:
+        return self.session.scalars(
+            select(Study).where(Study.id == study_id).with_for_update(key_share=True)
+            .execution_options(populate_existing=True)).one()
 
     def set_priority(self, study_id: int, priority: float | None) -> None:
         """Set the worklist priority of a study (``None`` clears it)."""
