@@ -340,6 +340,19 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _record_metrics(settings: Any, *, clean: bool) -> None:
+    """Record metrics into ``metrics.multiprocess_dir``, shared with the other processes
+    of this host (:func:`workers.metrics.use_multiprocess_dir`); before anything imports
+    prometheus-client."""
+    from workers.metrics import use_multiprocess_dir
+
+    folder = settings.metrics.multiprocess_dir
+    try:
+        use_multiprocess_dir(folder, clean=clean)
+    except OSError as exc:
+        _fail(f"metrics.multiprocess_dir {folder} cannot be used: {exc.strerror}")
+
+
 @app.command()
 def serve(
     config: ConfigOption = Path("config.yaml"),
@@ -349,10 +362,12 @@ def serve(
     import signal
     import threading
 
-    from .node import Node, NodeStartError
-
     settings = _settings(config)
     _logging(log_level)
+    _record_metrics(settings, clean=True)
+
+    from .node import Node, NodeStartError
+
     node = Node(settings)
     try:
         node.start()
@@ -378,15 +393,17 @@ def worker(
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a Celery worker for study jobs (production: queue.broker_url is redis://...)."""
-    from workers.celery_app import create_celery_app
-
-    from .node import NodeStartError, open_storage, pipeline_factory
-
     settings = _settings(config)
     if settings.queue.broker_url.startswith("memory://"):
         _fail("queue.broker_url is memory:// (embedded): `pacs-node serve` runs the jobs "
               "itself; set a redis:// broker to use separate workers")
     _logging(log_level)
+    _record_metrics(settings, clean=False)
+
+    from workers.celery_app import create_celery_app
+
+    from .node import NodeStartError, open_storage, pipeline_factory
+
     try:
         storage = open_storage(settings)
     except NodeStartError as exc:
@@ -427,13 +444,14 @@ def studies(
         for r in rows:
             sys.stdout.write(json.dumps(_study_json(r)) + "\n")
         return
-    table = Table("Study Instance UID", "date", "images", "state", "job", "result")
+    table = Table("Study Instance UID", "date", "images", "state", "job", "priority",
+                  "result")
     for r in rows:
         table.add_row(r.study_instance_uid, r.study_date, str(r.images), r.state,
-                      _job_text(r), _result_text(r))
+                      _job_text(r), r.triage_priority or "-", _result_text(r))
     # A UID is never cut: studies that differ only in their last digits must look different.
     table.columns[0].overflow = "fold"
-    table.columns[5].overflow = "fold"
+    table.columns[6].overflow = "fold"
     Console().print(table)
 
 
@@ -444,7 +462,7 @@ def _study_json(r: Any) -> dict[str, Any]:
         "images": r.images, "state": r.state, "job_id": r.job_id, "job_state": r.job_state,
         "attempts": r.job_attempts, "failures": r.job_failures,
         "interruptions": r.job_interruptions,
-        "result": r.result,
+        "result": r.result, "triage_priority": r.triage_priority,
         "reason": r.job_error if r.result == "failed" else r.reason,
         "views_analysed": r.views_analysed, "views_total": r.views_total,
         # A probability only where the node analysed the study.

@@ -254,6 +254,24 @@ class DeliverySettings(_Section):
     max_concurrent: int = Field(2, ge=1, le=32)
 
 
+class TriageSettings(_Section):
+    """``triage``: the study priority a result earns (storage.triage), at two operating
+    points of the study probability: at or above ``high_threshold`` (specific: "fracture")
+    HIGH, at or above ``doubt_threshold`` (sensitive: "doubt") MEDIUM, below LOW. Made with
+    synthetic-data weights they are operating points, not calibrated accuracies: set them
+    from a local validation."""
+
+    high_threshold: float = Field(0.8, gt=0, le=1)
+    doubt_threshold: float = Field(0.3, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TriageSettings:
+        if self.doubt_threshold > self.high_threshold:
+            raise ValueError(f"triage.doubt_threshold ({self.doubt_threshold}) is above "
+                             f"triage.high_threshold ({self.high_threshold})")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration of a node."""
 
@@ -270,6 +288,7 @@ class Settings(BaseSettings):
     remotes: list[Remote] = Field(default_factory=list)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    triage: TriageSettings = Field(default_factory=TriageSettings)
 
     @model_validator(mode="after")
     def _check_http_exposure(self) -> Settings:

@@ -82,6 +82,8 @@ def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], Study
             withdraw_destinations=tuple(d.name for d in settings.destinations
                                         if d.withdraw == "iocm"),
             lease_seconds=settings.queue.lease_seconds,
+            high_threshold=settings.triage.high_threshold,
+            doubt_threshold=settings.triage.doubt_threshold,
         )
         return StudyPipeline(storage.store, storage.sessions, options, ModelCache())
 

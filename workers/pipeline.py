@@ -49,8 +49,12 @@ from storage import (
     InstanceSource,
     JobRepository,
     JobState,
+    PrioritySource,
     StagedFile,
     StudyRepository,
+    TriagePriority,
+    floored,
+    from_result,
     index_staged,
     keep_values_out_of_logs,
     run_write,
@@ -113,6 +117,9 @@ class PipelineOptions:
     # A model without domain calibration is refused ("not analysable") unless this is set;
     # then every view counts as inside its domain (pipeline.allow_uncalibrated).
     allow_uncalibrated: bool = False
+    # Operating points of the triage priority (triage.high_threshold, doubt_threshold).
+    high_threshold: float = 0.8
+    doubt_threshold: float = 0.3
 
 
 def reported_findings(predictions: Sequence[ViewPrediction], threshold: float,
@@ -248,10 +255,10 @@ class StudyPipeline:
         claimed = run_write(self.sessions, lambda s: self._claim(s, job_id))
         if claimed is None:
             return "skipped"
-        attempt, study_uid = claimed
+        attempt, study_uid, requested = claimed
         try:
             with _Heartbeat(self.sessions, job_id, attempt, self.options.lease_seconds):
-                return self._process(job_id, attempt, study_uid)
+                return self._process(job_id, attempt, study_uid, requested)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
             message = _failure_text(exc)
             # The exception's text can quote data element values (a patient name, a date):
@@ -261,19 +268,24 @@ class StudyPipeline:
 
             def fail(s: Session) -> bool:
                 job = JobRepository(s).fail(job_id, message, retry=True, attempt=attempt)
+                if job is not None and job.state == JobState.FAILED:  # for good
+                    StudyRepository(s).set_triage(
+                        job.study_id, TriagePriority.FAILED, source=PrioritySource.RESULT,
+                        reason=f"the analysis failed: {message}"[:300], actor="pacs-node",
+                        job_id=job_id)
                 return job is not None and job.state == JobState.QUEUED
 
             retry = run_write(self.sessions, fail)
             raise JobFailed(job_id, message, retry=retry) from exc
 
-    def _claim(self, session: Session, job_id: int) -> tuple[int, str] | None:
+    def _claim(self, session: Session, job_id: int) -> tuple[int, str, str | None] | None:
         job = JobRepository(session).claim(job_id, lease_seconds=self.options.lease_seconds)
         if job is None:
             return None
         study = StudyRepository(session).get_by_id(job.study_id)
         if study is None:
             return None
-        return job.attempts, study.study_instance_uid
+        return job.attempts, study.study_instance_uid, study.requested_priority
 
     def _stored_instances(self, study_uid: str) -> list[_Stored]:
         with self.sessions() as session:
@@ -344,20 +356,24 @@ class StudyPipeline:
                             type(exc).__name__)
         return headers
 
-    def _process(self, job_id: int, attempt: int, study_uid: str) -> str:
+    def _process(self, job_id: int, attempt: int, study_uid: str,
+                 requested: str | None = None) -> str:
         groups, skipped = self._select(self._stored_instances(study_uid))
         previous = self._previous_results(study_uid, job_id)
         previous_srs = [ds for ds in previous if str(ds.SOPClassUID) == _SR_CLASS]
         outputs: list[pydicom.Dataset] = []
         studies: list[tuple[str, StudyResult]] = []
+        judged: list[tuple[int, FractureModel, StudyResult]] = []
         for index, (ref, group) in enumerate(sorted(groups.items())):
             if not group.views:
                 continue
             model = self.models.get(ref)
             try:
-                result = self._study_result(model, group, skipped)
+                judged.append((index, model, self._study_result(model, group, skipped)))
             except _GroupFailed:
                 continue  # every view of this model failed: listed in skipped
+        triage = self._triage([result for _, _, result in judged], requested)
+        for index, model, result in judged:
             algorithm = AlgorithmInfo.from_model(model)
             job_key = f"pacs-node:{study_uid}:job-{job_id}:{index}"
 
@@ -371,7 +387,8 @@ class StudyPipeline:
                 warnings.simplefilter("ignore")
                 outputs.append(build_sr(result, algorithm, job_key=job_key,
                                         series_number=9001 + 2 * index,
-                                        previous_versions=previous_srs))
+                                        previous_versions=previous_srs,
+                                        triage=(str(triage[0]), triage[1])))
                 outputs.extend(build_secondary_captures(
                     result, algorithm, job_key=job_key, series_number=9002 + 2 * index,
                     on_error=overlay_failed))
@@ -390,14 +407,38 @@ class StudyPipeline:
                     meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid,
                     data)))
             return self._complete(job_id, attempt, studies, skipped, staged,
-                                  with_rejection=rejection is not None)
+                                  with_rejection=rejection is not None, triage=triage)
         finally:
             for _, file in staged:
                 self.store.discard(file)
 
+    def _triage(self, results: list[StudyResult], requested: str | None
+                ) -> tuple[TriagePriority, str]:
+        """The study's triage priority from its most probable analysed result, raised to
+        HIGH when the sender asked for urgency (storage.triage), and why in words."""
+        analysed = [r for r in results if r.analysed and r.fracture_probability is not None]
+        best = max(analysed, key=lambda r: r.fracture_probability or 0.0, default=None)
+        p = best.fracture_probability if best is not None else None
+        earned = from_result("analysed" if best is not None else None, p,
+                             high_threshold=self.options.high_threshold,
+                             doubt_threshold=self.options.doubt_threshold)
+        if p is None:
+            reason = "no view could be analysed"
+        elif earned is TriagePriority.HIGH:
+            reason = f"fracture probability {p:.2f} >= {self.options.high_threshold:g}"
+        elif earned is TriagePriority.MEDIUM:
+            reason = (f"fracture probability {p:.2f} >= {self.options.doubt_threshold:g} "
+                      f"(doubt), < {self.options.high_threshold:g}")
+        else:
+            reason = f"fracture probability {p:.2f} < {self.options.doubt_threshold:g}"
+        priority = floored(earned, requested)
+        if priority is not earned:
+            reason += f"; raised to {priority} by the sender: {requested}"
+        return priority, reason
+
     def _complete(self, job_id: int, attempt: int, studies: list[tuple[str, StudyResult]],
                   skipped: list[SkippedView], staged: list[tuple[InstanceMeta, StagedFile]],
-                  *, with_rejection: bool) -> str:
+                  *, with_rejection: bool, triage: tuple[TriagePriority, str]) -> str:
         """One transaction: complete the job, index its results, supersede the earlier
         ones, queue the exports. Nothing is indexed when the job was superseded."""
         results = staged[:-1] if with_rejection else staged
@@ -455,8 +496,11 @@ class StudyPipeline:
                     row = instances.get(meta.sop_instance_uid)
                     if row is not None:
                         exports.add(row.id, targets)
-            StudyRepository(session).set_priority(result.study_id,
-                                                  best.fracture_probability if best else None)
+            repo = StudyRepository(session)
+            repo.set_priority(result.study_id, best.fracture_probability if best else None)
+            repo.set_triage(result.study_id, triage[0], source=PrioritySource.RESULT,
+                            reason=triage[1], actor=", ".join(name for name, _ in studies)
+                            or "pacs-node", job_id=job_id)
             return len(old)
 
         superseded = run_write(self.sessions, complete)

@@ -55,6 +55,8 @@ class StudyListing:
     job_failures: int | None = None
     job_interruptions: int | None = None
     job_error: str | None = None
+    # storage.triage.TriagePriority (None before a result or the sender's urgency).
+    triage_priority: str | None = None
 
     @property
     def result(self) -> str:
@@ -243,7 +245,7 @@ class StudyRepository:
                 reason=result.reason if result else None,
                 views_analysed=result.views_analysed if result else None,
                 views_total=result.views_total if result else None,
-                images=int(images.get(s.id, 0)),
+                images=int(images.get(s.id, 0)), triage_priority=s.triage_priority,
                 job_failures=job.failures if job else None,
                 job_interruptions=job.interruptions if job else None,
                 job_error=job.last_error if job else None))

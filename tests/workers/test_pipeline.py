@@ -25,6 +25,7 @@ from storage import (
     Job,
     JobRepository,
     JobState,
+    StudyRepository,
     ingest,
 )
 from tests.dicom_checks import dciodvfy_errors
@@ -348,3 +349,80 @@ def test_an_uncalibrated_model_answers_only_when_the_config_allows(
     else:
         assert (state, probability) == ("not_analysed", None)
         assert "no domain calibration" in reason
+
+
+def _triage_in_sr(sr: pydicom.Dataset) -> tuple[str, list[str]]:
+    (evaluations,) = [i for i in sr.ContentSequence
+                      if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    (code,) = [i.ConceptCodeSequence[0].CodeValue for i in evaluations.ContentSequence
+               if i.ConceptNameCodeSequence[0].CodeValue == "TRIAGE-PRIORITY"]
+    comments = [i.TextValue for i in evaluations.ContentSequence if i.ValueType == "TEXT"]
+    return code, comments
+
+
+@pytest.mark.parametrize(("stat", "points", "expected"), [
+    (False, (0.0, 0.0), "HIGH"),  # every probability is at or above both points
+    (False, (0.0, 1.0), "MEDIUM"),
+    (False, (1.0, 1.0), "LOW"),  # the tiny model never says 1.0
+    (True, (1.0, 1.0), "HIGH"),  # sent STAT: the low result does not lower it
+])
+def test_the_result_sets_the_triage_priority_and_the_sr_states_it(
+        node_storage, checkpoint: Path, tmp_path: Path, stat: bool,
+        points: tuple[float, float], expected: str) -> None:
+    store, sessions = node_storage
+    files = _study_files(tmp_path)
+    if stat:
+        first = pydicom.dcmread(files[0])
+        first.RequestedProcedurePriority = "STAT"
+        first.save_as(files[0])
+    for path in files:
+        ingest_file(store, sessions, path)
+    job_id = settle_job(sessions)
+    doubt, high = points
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),),
+                              doubt_threshold=doubt, high_threshold=high)
+    assert StudyPipeline(store, sessions, options, ModelCache(device="cpu")).run(job_id) == "done"
+
+    with sessions() as session:
+        study = session.get(Job, job_id).study
+        history = StudyRepository(session).priority_history(study.id)
+        sr = next(i for i in session.scalars(select(Instance).where(
+            Instance.source == InstanceSource.PRODUCED)) if i.sop_class_uid == SR_CLASS)
+        assert study.triage_priority == expected
+        assert (history[-1].source, history[-1].priority, history[-1].job_id) == \
+            ("result", expected, job_id)
+        assert history[-1].actor.startswith("tiny-test 0.0.1")
+        assert [e.source for e in history] == (["sender", "result"] if stat else ["result"])
+        sr_path = store.path_of(sr.relpath)
+    code, comments = _triage_in_sr(pydicom.dcmread(sr_path))
+    assert code == f"TRIAGE-{expected.replace('_', '-')}"
+    assert any(c.startswith(f"Triage priority {expected}: fracture probability ")
+               for c in comments), comments
+    if stat:
+        assert any("raised to HIGH by the sender: Requested Procedure Priority STAT" in c
+                   for c in comments)
+    assert dciodvfy_errors(sr_path) == []
+
+
+def test_a_job_that_fails_for_good_marks_the_study_failed(
+        node_storage, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, sessions = node_storage
+    for path in _study_files(tmp_path):
+        ingest_file(store, sessions, path)
+    job_id = settle_job(sessions)
+    options = PipelineOptions(routes=(Route(model=str(checkpoint)),))
+    pipeline = StudyPipeline(store, sessions, options, ModelCache(device="cpu"))
+
+    def crash(*_args: object, **_kwargs: object) -> str:
+        raise RuntimeError("model crashed")
+
+    monkeypatch.setattr(pipeline, "_process", crash)
+    for attempt in range(3):
+        with pytest.raises(JobFailed) as failed:
+            pipeline.run(job_id)
+        assert failed.value.retry is (attempt < 2)
+    with sessions() as session:
+        study = session.get(Job, job_id).study
+        assert study.triage_priority == "FAILED"
+        (event,) = StudyRepository(session).priority_history(study.id)
+        assert "the analysis failed" in event.reason and "RuntimeError" in event.reason

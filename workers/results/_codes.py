@@ -5,6 +5,10 @@ One private coding scheme, ``99PACSNODE``, holds the concept that has no standar
 
 - ``FRX-EVIDENCE`` "Fracture evidence score": the peak of the model's fracture heatmap
   inside a candidate region, in [0, 1]; it is a model score, not a calibrated probability.
+- ``TRIAGE-PRIORITY`` "Triage priority", valued ``TRIAGE-HIGH`` / ``-MEDIUM`` / ``-LOW`` /
+  ``-NOT-ANALYSED`` / ``-FAILED``: the worklist priority the node gave the study
+  (storage.triage; issue 14). No standard code says "AI triage category"; the values are
+  operating points of the model, not a clinical urgency scale.
 
 The IHE AI Results profile's ``(Newcode1, 99IHE, "Processing Algorithm")`` is the purpose of
 reference of the algorithm in the Contributing Equipment Sequence.
@@ -37,6 +41,15 @@ PERCENT = CodedConcept("%", "UCUM", "Percent")
 #: Score of a candidate region and how it was derived from the heatmap (CID 7464).
 EVIDENCE_SCORE = CodedConcept("FRX-EVIDENCE", PRIVATE_SCHEME, "Fracture evidence score")
 MAXIMUM = CodedConcept("56851009", "SCT", "Maximum")
+#: The study's triage priority (storage.triage.TriagePriority) and its values.
+TRIAGE_PRIORITY = CodedConcept("TRIAGE-PRIORITY", PRIVATE_SCHEME, "Triage priority")
+TRIAGE_VALUES = {
+    "HIGH": CodedConcept("TRIAGE-HIGH", PRIVATE_SCHEME, "High: fracture suspected"),
+    "MEDIUM": CodedConcept("TRIAGE-MEDIUM", PRIVATE_SCHEME, "Medium: fracture in doubt"),
+    "LOW": CodedConcept("TRIAGE-LOW", PRIVATE_SCHEME, "Low: no fracture suspected"),
+    "NOT_ANALYSED": CodedConcept("TRIAGE-NOT-ANALYSED", PRIVATE_SCHEME, "Not analysed"),
+    "FAILED": CodedConcept("TRIAGE-FAILED", PRIVATE_SCHEME, "Analysis failed"),
+}
 #: Geometric purpose of the candidate regions (CID 219).
 OUTLINE = CodedConcept("111041", "DCM", "Outline")
 REPRESENTATIVE_POINT = CodedConcept("128140", "DCM", "Representative point")

@@ -302,11 +302,22 @@ def _opening(study: StudyResult, algorithm: AlgorithmInfo) -> list[TextContentIt
     ]
 
 
-def _qualitative_evaluations(study: StudyResult, algorithm: AlgorithmInfo
-                             ) -> ContainerContentItem:
-    """TID 1500 row 12: the study, site and view verdicts (row 13), then the comments
-    (row 14)."""
+def _triage(triage: tuple[str, str] | None) -> list[CodeContentItem]:
+    """The study's triage priority as a coded evaluation, its reason as the comment
+    after it (TID 1500 rows 13-14)."""
+    if triage is None:
+        return []
+    return [CodeContentItem(name=c.TRIAGE_PRIORITY, value=c.TRIAGE_VALUES[triage[0]],
+                            relationship_type=RelationshipTypeValues.CONTAINS)]
+
+
+def _qualitative_evaluations(study: StudyResult, algorithm: AlgorithmInfo,
+                             triage: tuple[str, str] | None = None) -> ContainerContentItem:
+    """TID 1500 row 12: the study, site and view verdicts and the triage priority (row 13),
+    then the comments (row 14)."""
     texts = [algorithm.notice] if algorithm.notice else []
+    if triage is not None:
+        texts.append(f"Triage priority {triage[0]}: {triage[1]}.")
     total = len(study.views) + len(study.skipped)
     texts.append(f"Views analysed: {study.views_analysed} of {total}.")
     if not study.analysed:
@@ -329,6 +340,7 @@ def _qualitative_evaluations(study: StudyResult, algorithm: AlgorithmInfo
     )
     container.ContentSequence = ContentSequence([
         *_evaluations(study, algorithm),
+        *_triage(triage),
         *(TextContentItem(name=c.COMMENT, value=text,
                           relationship_type=RelationshipTypeValues.CONTAINS)
           for text in texts),
@@ -390,8 +402,12 @@ def build_sr(
     series_number: int = 9001,
     instance_number: int = 1,
     previous_versions: Sequence[pydicom.Dataset] = (),
+    triage: tuple[str, str] | None = None,
 ) -> Comprehensive3DSR:
     """The study result as a Comprehensive 3D SR in a new series of the source study.
+
+    ``triage``: the study's triage priority (a storage.triage.TriagePriority value) and
+    why, written as a coded qualitative evaluation with its reason as a comment.
 
     UIDs derive from ``job_key`` (:func:`~workers.results.result_uid`), so a retried job
     builds the same instance. Preliminary (``PRELIMINARY``), complete and unverified.
@@ -425,10 +441,10 @@ def build_sr(
         del root.ContentSequence[at]
     for offset, item in enumerate(_opening(study, algorithm)):
         root.ContentSequence.insert(at + offset, item)
-    root.ContentSequence.append(_qualitative_evaluations(study, algorithm))
+    root.ContentSequence.append(_qualitative_evaluations(study, algorithm, triage))
     _separate(root)
     schemes = [c.IHE_CODING_SCHEME]
-    if any(v.prediction.findings for v in study.views):
+    if triage is not None or any(v.prediction.findings for v in study.views):
         schemes.insert(0, c.PRIVATE_CODING_SCHEME)
     sr = Comprehensive3DSR(
         evidence=[evidence_header(v.source) for v in study.views],
