@@ -38,6 +38,7 @@ __all__ = [
     "Destination",
     "DestinationTls",
     "HttpSettings",
+    "MetricsSettings",
     "NodeSettings",
     "NodeTls",
     "PipelineSettings",
@@ -160,6 +161,10 @@ class StorageSettings(_Section):
     # Largest image (Rows x Columns x Frames x Samples) the node decodes; a larger view is
     # "not analysed: too large". 64 Mi pixels: four 4096 x 4096 frames, well above a CR.
     max_pixels: int = Field(64 * 1024 * 1024, ge=1024)
+    # Free-space watermark: below it (counting the instance being received) the node
+    # refuses to store (C-STORE 0xA700, STOW-RS 503) before writing anything, /readyz says
+    # why, and ingest resumes by itself once space is freed. 0 disables it.
+    min_free_bytes: int = Field(1024 ** 3, ge=0)
 
 
 class QueueSettings(_Section):
@@ -254,6 +259,15 @@ class DeliverySettings(_Section):
     max_concurrent: int = Field(2, ge=1, le=32)
 
 
+class MetricsSettings(_Section):
+    """``metrics``: Prometheus metrics at ``/metrics``."""
+
+    # Where every process of this host that records (serve, worker and its Celery
+    # children) keeps its counters, summed at scrape time: a folder on a local disk (not
+    # NFS: memory-mapped files). Unset: "metrics" beside storage.root.
+    multiprocess_dir: Path | None = None
+
+
 class TriageSettings(_Section):
     """``triage``: the study priority a result earns (storage.triage), at two operating
     points of the study probability: at or above ``high_threshold`` (specific: "fracture")
@@ -288,6 +302,7 @@ class Settings(BaseSettings):
     remotes: list[Remote] = Field(default_factory=list)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)
 
     @model_validator(mode="after")
@@ -414,4 +429,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     finally:
         _CONFIG_FILE.reset(token)
     settings.storage.root = settings.storage.root.expanduser().resolve()
+    folder = settings.metrics.multiprocess_dir
+    settings.metrics.multiprocess_dir = (folder.expanduser().resolve() if folder is not None
+                                         else settings.storage.root.parent / "metrics")
     return settings

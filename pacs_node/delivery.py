@@ -29,11 +29,13 @@ from pynetdicom.association import Association
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import ExportRepository, FileStore, Instance, run_write
+from storage.repositories import DeliveredJob, StatsRepository
+from workers.metrics import instruments
 
 from .config import DeliverySettings, Destination
 from .tls import destination_contexts
 
-__all__ = ["DeliveryService", "backoff_seconds"]
+__all__ = ["DeliveryService", "backoff_seconds", "priority_label"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,17 @@ log = logging.getLogger(__name__)
 _ACCEPTED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 # Offered besides the stored syntax; every storage SCP accepts Implicit VR Little Endian.
 _FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+#: Triage priorities a metric label may carry (storage.triage); anything else is "other".
+_PRIORITIES = frozenset({"HIGH", "MEDIUM", "LOW", "NOT_ANALYSED", "FAILED"})
+
+
+def priority_label(priority: str | None) -> str:
+    """A study's triage priority as a bounded label value: ``none`` before one is set."""
+    if priority is None:
+        return "none"
+    return priority if priority in _PRIORITIES else "other"
 
 
 def backoff_seconds(attempts: int, settings: DeliverySettings) -> float:
@@ -178,9 +191,10 @@ class DeliveryService:
         return "no C-STORE response" if code is None else f"C-STORE status 0x{code:04X}"
 
     def _record(self, name: str, items: list[_Item], outcomes: dict[int, str | None]) -> None:
-        def work(session: Session) -> None:
+        now = datetime.now(UTC)
+
+        def work(session: Session) -> list[DeliveredJob]:
             exports = ExportRepository(session)
-            now = datetime.now(UTC)
             for item in items:
                 if item.export_id not in outcomes:
                     continue
@@ -192,9 +206,17 @@ class DeliveryService:
                 retry_at = (None if attempts >= self.settings.max_attempts else
                             now + timedelta(seconds=backoff_seconds(attempts, self.settings)))
                 exports.mark_failed(item.export_id, error=error, next_attempt_at=retry_at)
+            sent = [i for i, error in outcomes.items() if error is None]
+            return StatsRepository(session).delivered_jobs(sent, name)
 
-        run_write(self.sessions, work)
+        delivered = run_write(self.sessions, work)
         failed = sum(1 for v in outcomes.values() if v is not None)
+        metrics = instruments()  # after the commit: a retried transaction counts once
+        metrics.delivery(name, "sent", len(outcomes) - failed)
+        metrics.delivery(name, "failed", failed)
+        for job in delivered:
+            metrics.delivered(priority_label(job.priority), name,
+                              (now - job.first_received_at).total_seconds())
         log.info("delivery to %s: %d sent, %d failed", name, len(outcomes) - failed, failed)
 
     def _loop(self) -> None:

@@ -174,7 +174,8 @@ class Node:
             self.dimse = DimseServer(s.node, storage.store, storage.sessions,
                                      on_stored=self.tracker.nudge,
                                      move_destinations=move_destinations,
-                                     max_pixels=s.storage.max_pixels)
+                                     max_pixels=s.storage.max_pixels,
+                                     min_free_bytes=s.storage.min_free_bytes)
             self.dimse.start()
             ports.append(str(s.node.dimse_port))
         if listener_tls is not None:
@@ -182,7 +183,8 @@ class Node:
                                          on_stored=self.tracker.nudge,
                                          ssl_context=listener_tls,
                                          move_destinations=move_destinations,
-                                         max_pixels=s.storage.max_pixels)
+                                         max_pixels=s.storage.max_pixels,
+                                         min_free_bytes=s.storage.min_free_bytes)
             self.dimse_tls.start()
             ports.append(f"{tls.port} (TLS)")
         log.info("pacs-node %s listening for DICOM on %s port %s (%s queue)",

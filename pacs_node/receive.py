@@ -27,6 +27,7 @@ from storage import (
     InstanceMeta,
     InstanceSource,
     InvalidInstance,
+    OutOfResources,
     StagedFile,
     StorageError,
     StoreOutcome,
@@ -36,7 +37,8 @@ from storage import (
     validate_uid,
 )
 
-__all__ = ["NEW_CONTENT", "Receiver", "Refused", "check_instance", "read_header"]
+__all__ = ["NEW_CONTENT", "Receiver", "Refused", "check_instance", "ensure_free_space",
+           "read_header"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,38 @@ def check_instance(data: bytes | Path, transfer_syntax: str) -> tuple[Dataset, I
     return header, meta
 
 
+def _size(n: int) -> str:
+    return f"{n / 1024 ** 2:.0f} MiB" if n >= 1024 ** 2 else f"{n} bytes"
+
+
+def ensure_free_space(store: FileStore, min_free_bytes: int, incoming: int = 0) -> int:
+    """The free-space watermark (``storage.min_free_bytes``), checked before anything of a
+    received instance is written to the store: it must leave at least ``min_free_bytes``
+    free once ``incoming`` more bytes are written. Checked afresh every time (one
+    ``statvfs``), so ingest resumes by itself once space is freed. 0 disables it.
+
+    Returns:
+        The free bytes (0 when disabled and not asked).
+
+    Raises:
+        storage.OutOfResources: below the watermark (C-STORE 0xA700, STOW-RS 503); the
+            message says how much is free and what the watermark is, never a path.
+    """
+    if min_free_bytes <= 0:
+        return 0
+    try:
+        free = store.free_bytes()
+    except OSError as exc:
+        raise OutOfResources(f"the store's free space cannot be read: {exc.strerror}") \
+            from None
+    if free - max(0, incoming) < min_free_bytes:
+        raise OutOfResources(
+            f"the store has {_size(free)} free, below storage.min_free_bytes "
+            f"({_size(min_free_bytes)}){f' with {_size(incoming)} more' if incoming else ''}:"
+            " ingest is paused until space is freed")
+    return free
+
+
 @dataclass(frozen=True)
 class Received:
     """A stored instance: its header attributes and what the index decided."""
@@ -136,17 +170,30 @@ class Receiver:
     Args:
         store, sessions: the file store and the index.
         overwrite_conflicts: ``node.overwrite_conflicting_duplicates``.
+        min_free_bytes: ``storage.min_free_bytes`` (:meth:`ensure_space`).
         on_stored: called with the Study Instance UID after new content is stored
             (exceptions are logged, never turned into a failure: the instance is stored).
     """
 
     def __init__(self, store: FileStore, sessions: sessionmaker[Session], *,
-                 overwrite_conflicts: bool = False,
+                 overwrite_conflicts: bool = False, min_free_bytes: int = 0,
                  on_stored: Callable[[str], None] | None = None) -> None:
         self.store = store
         self._sessions = sessions
         self._overwrite = overwrite_conflicts
+        self.min_free_bytes = min_free_bytes
         self._on_stored = on_stored
+
+    def ensure_space(self, incoming: int = 0) -> None:
+        """:func:`ensure_free_space` for this receiver's store.
+
+        Raises:
+            Refused: with 0xA700 below the watermark.
+        """
+        try:
+            ensure_free_space(self.store, self.min_free_bytes, incoming)
+        except OutOfResources as exc:
+            raise Refused(exc.dimse_status, str(exc)) from None
 
     def validate(self, data: Path, *, study: str | None = None) -> InstanceMeta:
         """Check a Part 10 file (:func:`check_instance`); return its header attributes.

@@ -26,6 +26,7 @@ import io
 import logging
 import re
 import threading
+import time
 import traceback
 import warnings
 from collections import defaultdict
@@ -61,6 +62,7 @@ from storage import (
     too_large,
 )
 
+from .metrics import instruments
 from .results import (
     AlgorithmInfo,
     SkippedView,
@@ -368,10 +370,13 @@ class StudyPipeline:
             if not group.views:
                 continue
             model = self.models.get(ref)
+            started = time.perf_counter()
             try:
                 judged.append((index, model, self._study_result(model, group, skipped)))
             except _GroupFailed:
                 continue  # every view of this model failed: listed in skipped
+            finally:  # pacsnode_inference_duration_seconds (workers.metrics)
+                instruments().inference(model.metadata.name, time.perf_counter() - started)
         triage = self._triage([result for _, _, result in judged], requested)
         for index, model, result in judged:
             algorithm = AlgorithmInfo.from_model(model)

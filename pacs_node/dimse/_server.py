@@ -17,6 +17,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import FileStore
+from workers.metrics import instruments
 
 from ..config import NodeSettings
 from ._assoc_guard import NodeAE, check_association_request, install_thread_guards
@@ -70,6 +71,7 @@ def _peer(event: Event) -> str:
 
 
 def _on_accepted(event: Event) -> None:
+    instruments().association("accepted")
     log.info("association accepted from %s", _peer(event), extra=PEER_EVENT)
 
 
@@ -89,15 +91,18 @@ def _on_rejected(event: Event) -> None:
             reason = "calling AE title not recognised"
     except Exception:
         pass
+    instruments().association("rejected")
     log.warning("association rejected from %s (called AE %s): %s", _peer(event), called,
                 reason, extra=PEER_EVENT)
 
 
 def _on_released(event: Event) -> None:
+    instruments().association("released")
     log.info("association released by %s", _peer(event), extra=PEER_EVENT)
 
 
 def _on_aborted(event: Event) -> None:
+    instruments().association("aborted")
     log.info("association aborted with %s", _peer(event), extra=PEER_EVENT)
 
 
@@ -157,6 +162,8 @@ class DimseServer:
             ``destinations`` and ``remotes``); another destination is 0xA801.
         max_pixels: ``storage.max_pixels``: a retrieved image is decoded for a peer that
             does not take its compressed syntax only within it.
+        min_free_bytes: ``storage.min_free_bytes``: below it a C-STORE is 0xA700 before
+            anything is written (:func:`pacs_node.receive.ensure_free_space`).
     """
 
     def __init__(self, settings: NodeSettings, store: FileStore,
@@ -164,7 +171,7 @@ class DimseServer:
                  on_stored: Callable[[str], None] | None = None,
                  ssl_context: ssl.SSLContext | None = None,
                  move_destinations: Mapping[str, MoveDestination] | None = None,
-                 max_pixels: int = 64 * 1024 * 1024) -> None:
+                 max_pixels: int = 64 * 1024 * 1024, min_free_bytes: int = 0) -> None:
         if not isinstance(settings, NodeSettings):
             raise TypeError(f"settings must be NodeSettings, got {type(settings).__name__}")
         if not isinstance(store, FileStore):
@@ -180,7 +187,8 @@ class DimseServer:
         self._ssl_context = ssl_context
         self._store_context = StoreContext(
             store=store, sessions=sessions,
-            overwrite_conflicts=settings.overwrite_conflicting_duplicates, on_stored=on_stored)
+            overwrite_conflicts=settings.overwrite_conflicting_duplicates, on_stored=on_stored,
+            min_free_bytes=min_free_bytes)
         self._find_context = FindContext(sessions=sessions)
         self._retrieve_context = RetrieveContext(
             sessions=sessions, store=store, max_pixels=max_pixels,

@@ -6,9 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import cast
 
+from pydicom.filereader import read_file_meta_info
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,8 +24,9 @@ from storage import (
     ingest,
     validate_uid,
 )
+from workers.metrics import instruments
 
-from ..receive import NEW_CONTENT, check_instance
+from ..receive import NEW_CONTENT, check_instance, ensure_free_space
 from ._status import StoreStatus
 
 __all__ = ["StoreContext", "handle_store"]
@@ -40,6 +43,7 @@ class StoreContext:
     sessions: sessionmaker[Session]
     overwrite_conflicts: bool = False
     on_stored: Callable[[str], None] | None = None
+    min_free_bytes: int = 0  # storage.min_free_bytes: below it, 0xA700 before any write
 
 
 class _Mismatch(Exception):
@@ -92,6 +96,20 @@ def _receive(event: Event) -> _Received:
     return _Received(data, size, meta)
 
 
+def _dataset_size(event: Event) -> int:
+    """Bytes of the data set as it came over the network (without the file meta the node
+    adds); 0 when it cannot be told."""
+    try:
+        path = _chunked_path(event)
+        if path is not None:  # pynetdicom wrote preamble, "DICM" and its file meta first
+            group_length = int(read_file_meta_info(path).FileMetaInformationGroupLength)
+            return max(0, path.stat().st_size - 132 - 12 - group_length)
+        with cast(BytesIO, cast(C_STORE, event.request).DataSet).getbuffer() as view:
+            return view.nbytes
+    except Exception:  # noqa: BLE001 - a count only; the checks judge the data set
+        return 0
+
+
 def _nudge(context: StoreContext, study_uid: str) -> None:
     if context.on_stored is None:
         return
@@ -118,7 +136,10 @@ def handle_store(event: Event, context: StoreContext) -> int:
     received: _Received | None = None
     outcome: StoreOutcome | None = None
     status: int
+    size = _dataset_size(event)
     try:
+        # The watermark first: below it nothing is read further or written.
+        ensure_free_space(context.store, context.min_free_bytes, size)
         received = _receive(event)
         outcome = ingest(context.store, context.sessions, received.data, received.meta,
                          overwrite_conflicts=context.overwrite_conflicts,
@@ -145,4 +166,5 @@ def handle_store(event: Event, context: StoreContext) -> int:
                  (time.monotonic() - started) * 1000)
         if outcome in NEW_CONTENT:
             _nudge(context, received.meta.study_instance_uid)
+    instruments().cstore(int(status), size)
     return int(status)

@@ -16,13 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage import FileStore, InvalidQuery
+from workers.metrics import instruments
 
 from ..config import Settings
 from ..dimse._logfilter import printable
+from ..observability import IndexCollector, Readiness, http_service, index_registry
 from ..receive import Receiver
 from ..retrieve import RetrieveService
 from ..search import SearchService
-from . import qido, session, stow, viewer, wado
+from . import monitoring, qido, session, stow, viewer, wado
 from .auth import Permission, require
 
 __all__ = ["DICOMWEB_PREFIX", "create_app"]
@@ -43,7 +45,8 @@ class _RequestLog:
     """One INFO line per request: method, path, status, duration. Never the query string
     (QIDO-RS queries carry patient names and IDs); the path with control characters
     escaped (it is the client's). Pure ASGI: Starlette's ``BaseHTTPMiddleware`` would wrap
-    every body chunk of a STOW-RS upload in a task group of its own."""
+    every body chunk of a STOW-RS upload in a task group of its own. The duration also
+    goes to ``pacsnode_http_request_duration_seconds`` by service (stow, qido, wado)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -64,9 +67,12 @@ class _RequestLog:
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
+            seconds = time.perf_counter() - started
             log.info("%s %s %d %.0f ms", printable(scope["method"], 16),
-                     printable(scope["path"], 300), status,
-                     (time.perf_counter() - started) * 1000)
+                     printable(scope["path"], 300), status, seconds * 1000)
+            instruments().http_request(
+                http_service(scope["method"], scope["path"], DICOMWEB_PREFIX), status,
+                seconds)
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileStore, *,
@@ -92,7 +98,15 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
                                          max_pixels=settings.storage.max_pixels)
     app.state.receiver = Receiver(store, sessions,
                                   overwrite_conflicts=settings.node.overwrite_conflicting_duplicates,
+                                  min_free_bytes=settings.storage.min_free_bytes,
                                   on_stored=on_stored)
+    app.state.readiness = Readiness(
+        sessions, store, broker_url=settings.queue.broker_url,
+        min_free_bytes=settings.storage.min_free_bytes,
+        models=[route.model for route in settings.pipeline.routes])
+    app.state.metrics_registry = index_registry(IndexCollector(
+        sessions, store, destinations=[d.name for d in settings.destinations],
+        min_free_bytes=settings.storage.min_free_bytes))
     app.state.dicomweb_prefix = DICOMWEB_PREFIX
     app.add_middleware(_RequestLog)
     app.state.sessions = sessions
@@ -105,6 +119,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
                                             dicomweb_prefix=DICOMWEB_PREFIX,
                                             auth=settings.http.auth))
     app.include_router(session.router)
+    app.include_router(monitoring.router)
 
     if settings.http.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.http.cors_origins),

@@ -9,7 +9,12 @@ durable ingest (:class:`pacs_node.receive.Receiver`), moved into the store, not 
 and indexed together. The answer is a DICOM JSON data set
 (Referenced SOP Sequence with Retrieve URLs, Failed SOP Sequence with Failure Reasons):
 200 all stored, 202 some failed or stored with a warning, 409 none stored, 503 none
-stored because storage refused (out of resources)."""
+stored because storage refused (out of resources).
+
+Below the free-space watermark (``storage.min_free_bytes``, counting the request's declared
+length) the request is answered 503 with ``Retry-After`` before anything is written; the
+watermark is checked again as each part begins, and a request that crosses it is 503 as a
+whole (its parts are deleted, none is stored)."""
 
 from __future__ import annotations
 
@@ -137,6 +142,7 @@ class _Upload:
     def open_part(self) -> None:
         if len(self.parts) >= MAX_PARTS:
             raise HTTPException(400, f"more than {MAX_PARTS} parts in one request")
+        _ensure_space(self._receiver)
         path = self._receiver.store.incoming_path()
         self.parts.append(_Part(path))
         self._handle = path.open("xb")
@@ -240,6 +246,18 @@ class _Upload:
                 os.unlink(part.path)
             except FileNotFoundError:
                 pass
+
+
+_RETRY_AFTER_S = 60
+
+
+def _ensure_space(receiver: Receiver, incoming: int = 0) -> None:
+    """The free-space watermark: 503 with ``Retry-After`` below it."""
+    try:
+        receiver.ensure_space(incoming)
+    except Refused as exc:
+        raise HTTPException(503, str(exc),
+                            headers={"Retry-After": str(_RETRY_AFTER_S)}) from None
 
 
 def _receiver(request: Request) -> Receiver:
@@ -361,6 +379,8 @@ async def _stow(request: Request, study: str | None) -> Response:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the request is larger than http.max_request_bytes "
                                  f"({limit} bytes)")
+    _ensure_space(receiver, int(declared) if declared is not None and declared.isdigit()
+                  else 0)
     upload = _Upload(receiver, limit, study)
     try:
         await _read_body(request, upload)

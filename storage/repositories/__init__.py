@@ -14,6 +14,7 @@ from .queries import (
     SeriesMatch,
     StudyMatch,
 )
+from .stats import DeliveredJob, IndexStats, StatsRepository
 from .studies import StudyListing, StudyRepository
 from .tokens import TOKEN_PREFIX, TokenInfo, TokenRepository
 
@@ -24,12 +25,15 @@ __all__ = [
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",
     "TOKEN_PREFIX",
+    "DeliveredJob",
     "ExportRepository",
     "InstanceMatch",
+    "IndexStats",
     "InstanceRepository",
     "JobRepository",
     "QueryRepository",
     "SeriesMatch",
+    "StatsRepository",
     "StudyListing",
     "StudyMatch",
     "StudyRepository",
