@@ -28,7 +28,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import ExportRepository, FileStore, Instance, run_write
+from storage import ExportRepository, FileStore, Instance, TriagePriority, run_write
 from storage.repositories import DeliveredJob, StatsRepository
 from workers.metrics import instruments
 
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # Success, and the storage warnings (coercion, elements discarded, data set mismatch) after
 # which the destination holds the object.
 _ACCEPTED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+# C-STORE Priority (PS3.7 9.1.1.1.10): the results of a study triaged HIGH go as HIGH, and
+# before the others of the round.
+_MEDIUM, _HIGH = 0x0000, 0x0001
 # Offered besides the stored syntax; every storage SCP accepts Implicit VR Little Endian.
 _FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -70,6 +73,7 @@ class _Item:
     relpath: str
     sop_class_uid: str
     transfer_syntax_uid: str
+    priority: int = _MEDIUM  # C-STORE Priority: HIGH for a study triaged HIGH
 
 
 class DeliveryService:
@@ -123,9 +127,12 @@ class DeliveryService:
                     exports.mark_failed(export.id, next_attempt_at=None,
                                         error="destination not configured or object gone")
                     continue
+                urgent = instance.series.study.triage_priority == TriagePriority.HIGH
                 batches[export.destination].append(_Item(
                     export.id, export.attempts, instance.relpath, instance.sop_class_uid,
-                    instance.transfer_syntax_uid))
+                    instance.transfer_syntax_uid, _HIGH if urgent else _MEDIUM))
+            for items in batches.values():  # HIGH first (stable: otherwise as queued)
+                items.sort(key=lambda item: item.priority != _HIGH)
             return dict(batches)
 
         return run_write(self.sessions, work)
@@ -181,7 +188,7 @@ class DeliveryService:
                 # The same instance, only re-encoded: keep its SOP Instance UID (pydicom
                 # makes a new one by default). pynetdicom picks the uncompressed context.
                 ds.decompress(generate_instance_uid=False)
-            status = assoc.send_c_store(ds)
+            status = assoc.send_c_store(ds, priority=item.priority)
         except Exception as exc:  # noqa: BLE001 - it fails this attempt, not the whole round
             log.warning("cannot send %s: %s", item.relpath, exc)
             return f"{type(exc).__name__}: {exc}"

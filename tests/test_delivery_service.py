@@ -44,6 +44,9 @@ from storage import (
     InstanceMeta,
     InstanceRepository,
     InstanceSource,
+    PrioritySource,
+    StudyRepository,
+    TriagePriority,
     create_engine_for,
     ingest,
     migrate,
@@ -79,6 +82,7 @@ class Receiver:
         self.status = status
         self.hold = hold
         self.received: list[tuple[UID, Dataset]] = []
+        self.priorities: list[int] = []  # the C-STORE Priority of each request
         self.active = self.peak = self.associations = 0
         self._cond = threading.Condition()
         ae = AE(ae_title=RECEIVER_AE)
@@ -109,6 +113,7 @@ class Receiver:
         ds.file_meta = event.file_meta
         with self._cond:
             self.received.append((UID(event.context.transfer_syntax), ds))
+            self.priorities.append(int(event.request.Priority))
             if self.hold is not None:
                 limit = self.hold
                 self._cond.wait_for(lambda: self.active >= limit, timeout=10)
@@ -404,3 +409,24 @@ def test_a_jpeg2000_overlay_reaches_a_receiver_that_takes_only_explicit_vr_littl
     assert syntax == ExplicitVRLittleEndian
     assert got.SOPInstanceUID == stored.SOPInstanceUID
     assert np.array_equal(got.pixel_array, stored.pixel_array)
+
+
+def test_results_of_a_study_triaged_high_go_first_with_c_store_priority_high(
+    node: Node, receivers: list[Receiver], deliver: list[DeliveryService]
+) -> None:
+    receiver = _start(receivers)
+    node.add(encoded_instance(meta(study=7, series=1, sop=1)), ["pacs"])  # routine, first
+    node.add(encoded_instance(meta(study=9, series=1, sop=1)), ["pacs"])
+
+    def triage(session: Session) -> None:
+        studies = StudyRepository(session)
+        study = studies.get(meta(study=9).study_instance_uid)
+        assert study is not None
+        studies.set_triage(study.id, TriagePriority.HIGH, source=PrioritySource.RESULT,
+                           reason="fracture probability 0.95 >= 0.8", actor="test")
+
+    run_write(node.sessions, triage)
+    assert _service(deliver, node, [receiver.destination()]).deliver_once() == 2
+    studies = [str(ds.StudyInstanceUID) for _, ds in receiver.received]
+    assert studies == [meta(study=9).study_instance_uid, meta(study=7).study_instance_uid]
+    assert receiver.priorities == [0x0001, 0x0000]  # HIGH, then MEDIUM (the default)
