@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import cast
@@ -22,6 +22,7 @@ from storage import (
     StorageError,
     StoreOutcome,
     ingest,
+    requested_urgency,
     validate_uid,
 )
 from workers.metrics import instruments
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class StoreContext:
     """What the C-STORE handler needs, bound through ``evt_handlers``."""
 
@@ -50,7 +51,7 @@ class _Mismatch(Exception):
     """The data set's SOP Class/Instance UID differ from the command's."""
 
 
-@dataclass
+@dataclasses.dataclass
 class _Received:
     """One received instance: where its bytes are and what the index needs."""
 
@@ -93,6 +94,10 @@ def _receive(event: Event) -> _Received:
     if meta.sop_class_uid != negotiated:
         raise _Mismatch(f"data set has SOP Class {meta.sop_class_uid}, the presentation "
                         f"context was negotiated for {negotiated}")
+    if not meta.requested_priority:  # the command's Priority: HIGH is the sender's urgency
+        urgency = requested_urgency(None, getattr(request, "Priority", None))
+        if urgency:
+            meta = dataclasses.replace(meta, requested_priority=urgency)
     return _Received(data, size, meta)
 
 

@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import _config
 
 from pacs_node.dimse import StoreStatus
-from storage import FileStore
+from storage import FileStore, StudyRepository
 
 from .dimse_helpers import (
     AE_TITLE,
@@ -252,3 +252,25 @@ def test_non_conformant_patient_values_are_not_logged(
     assert [int(status.Status) for status, _ in responses] == [0xFF00, 0x0000]
     for secret in ("1901", "hidden", "Hidden"):
         assert secret not in caplog.text
+
+
+def test_a_c_store_sent_with_priority_high_makes_its_study_urgent(node: Node) -> None:
+    """C-STORE Priority HIGH (PS3.7 9.1.1.1.10) is the sender's urgency: its study is
+    triaged HIGH at once, a floor no result lowers (storage.triage); MEDIUM and LOW are not."""
+    routine, urgent = make_instance(1, 1, 1), make_instance(2, 1, 1)
+    assoc = node.associate()
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(routine, priority=0x0002).Status == StoreStatus.SUCCESS
+        assert assoc.send_c_store(urgent, priority=0x0001).Status == StoreStatus.SUCCESS
+    finally:
+        assoc.release()
+    with node.sessions() as session:
+        studies = StudyRepository(session)
+        low, high = studies.get(routine.StudyInstanceUID), studies.get(urgent.StudyInstanceUID)
+        assert low is not None and high is not None
+        assert (low.triage_priority, low.requested_priority) == (None, None)
+        assert (high.triage_priority, high.requested_priority) == \
+            ("HIGH", "C-STORE Priority HIGH")
+        (event,) = studies.priority_history(high.id)
+        assert (event.source, event.actor) == ("sender", SCU_AE)
