@@ -18,8 +18,10 @@ OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkyc
 OHIF_DIR := .cache/ohif
 # Debian packages of the peers the tests talk to (dcmtk, dciodvfy, Orthanc with DICOMweb,
 # the PostgreSQL and Redis servers the tests start when none answers on their ports, and the
-# chromium that playwright drives in the viewer test: no browser download).
-PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql redis-server chromium
+# chromium that playwright drives in the viewer test: no browser download, and the
+# prometheus that scrapes the node's /metrics in the observability test).
+PEER_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql redis-server chromium \
+  prometheus
 # Orthanc 1.12.7 from Debian trixie, privately unpacked (scripts/fetch_orthanc.sh): Debian 12's
 # 1.10.1 cannot pull by C-GET, which one test needs of a PACS.
 ORTHANC_TRIXIE_DIR := .cache/orthanc-trixie
@@ -47,7 +49,7 @@ run: install
 peers:
 	@missing=""; \
 	for cmd in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc redis-server:redis-server \
-	    chromium:chromium; do \
+	    chromium:chromium prometheus:prometheus; do \
 	  command -v $${cmd%%:*} >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
 	done; \
 	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \

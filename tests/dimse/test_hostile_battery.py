@@ -134,6 +134,7 @@ def test_hostile_battery_against_the_subprocess_node(tmp_path: Path) -> None:
     node = e2e.make_node(tmp_path / "node", stable_seconds=2.0)  # memory://: embedded jobs
     node.start()
     store, index = Path(node.settings["storage"]["root"]), node.workdir / "index.db"
+    metrics = node.workdir / "metrics"  # the node's counters (metrics.multiprocess_dir)
     bomb_stored: list[bool] = []
     results: list[tuple[str, str] | None] = []
 
@@ -148,11 +149,11 @@ def test_hostile_battery_against_the_subprocess_node(tmp_path: Path) -> None:
                                         what="the pipeline's result for the bomb's study"))
 
     try:
-        before = _around(tmp_path, store, index)
+        before = _around(tmp_path, store, index, metrics)
         assert node.process is not None
         report = run_battery("subprocess", node.port, node.process.pid, CASES,
                              between=pipeline_sees_the_bomb)
-        written = _around(tmp_path, store, index) ^ before
+        written = _around(tmp_path, store, index, metrics) ^ before
     finally:
         node.stop()
     # The index and the store as the stopped node left them (its pipeline writes results).
