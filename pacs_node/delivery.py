@@ -29,7 +29,7 @@ from pynetdicom.association import Association
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import ExportRepository, FileStore, Instance, TriagePriority, run_write
-from storage.repositories import DeliveredJob, StatsRepository
+from storage.repositories import Control, ControlRepository, DeliveredJob, StatsRepository
 from workers.metrics import instruments
 
 from .config import DeliverySettings, Destination
@@ -119,6 +119,8 @@ class DeliveryService:
     def _due(self) -> dict[str, list[_Item]]:
         def work(session: Session) -> dict[str, list[_Item]]:
             batches: dict[str, list[_Item]] = defaultdict(list)
+            if ControlRepository(session).paused(Control.DELIVERY):
+                return {}  # an admin paused delivery: exports wait, pending
             exports = ExportRepository(session)
             now = datetime.now(UTC)
             for export in exports.due(now, limit=200):

@@ -39,6 +39,7 @@ __all__ = [
     "InstanceSource",
     "Job",
     "JobState",
+    "NodeControl",
     "Patient",
     "PriorityEvent",
     "Result",
@@ -306,3 +307,18 @@ class PriorityEvent(Base):
     actor: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[int | None] = mapped_column(Id, ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime]
+
+
+class NodeControl(Base):
+    """A switch an admin turns for the whole node (``processing``: claim no new job;
+    ``delivery``: send no export): whether it is paused, by whom, when and why. Kept in
+    the index so every process (node, Celery workers) sees it and a restart keeps it."""
+
+    __tablename__ = "node_controls"
+    __table_args__ = (CheckConstraint("name IN ('processing', 'delivery')", name="name"),)
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    changed_at: Mapped[datetime]

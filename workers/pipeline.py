@@ -61,6 +61,7 @@ from storage import (
     run_write,
     too_large,
 )
+from storage.repositories import Control, ControlRepository
 
 from .metrics import instruments
 from .results import (
@@ -281,6 +282,8 @@ class StudyPipeline:
             raise JobFailed(job_id, message, retry=retry) from exc
 
     def _claim(self, session: Session, job_id: int) -> tuple[int, str, str | None] | None:
+        if ControlRepository(session).paused(Control.PROCESSING):
+            return None  # an admin paused processing: the job waits, queued, for resume
         job = JobRepository(session).claim(job_id, lease_seconds=self.options.lease_seconds)
         if job is None:
             return None

@@ -24,7 +24,8 @@ from ..observability import IndexCollector, Readiness, http_service, index_regis
 from ..receive import Receiver
 from ..retrieve import RetrieveService
 from ..search import SearchService
-from . import monitoring, qido, session, stow, viewer, wado
+from ..worklist import WorklistService
+from . import admin_api, admin_pages, monitoring, qido, session, stow, viewer, wado
 from .auth import Permission, require
 
 __all__ = ["DICOMWEB_PREFIX", "create_app"]
@@ -119,6 +120,12 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
                                             dicomweb_prefix=DICOMWEB_PREFIX,
                                             auth=settings.http.auth))
     app.include_router(session.router)
+    app.state.worklist = WorklistService(
+        sessions, store, destinations=[d.name for d in settings.destinations],
+        max_attempts=settings.queue.max_attempts,
+        max_interruptions=settings.queue.max_interruptions, dicomweb_prefix=DICOMWEB_PREFIX)
+    app.include_router(admin_api.router)
+    app.include_router(admin_pages.router)
     app.include_router(monitoring.router)
 
     if settings.http.cors_origins:

@@ -4,9 +4,11 @@ admin pages) cannot add an ``Authorization`` header to the requests OHIF makes i
 ``GET /login`` is a form asking for a token (``pacs-node token create``);
 ``POST /api/v1/session`` checks it and keeps it in an HttpOnly cookie (``SameSite=Lax``,
 ``Secure`` over HTTPS) for :data:`SESSION_HOURS`, then sends the browser on to where it was
-going; ``POST /api/v1/session/logout`` forgets it. The cookie is accepted for reading only
-(GET and HEAD, :func:`pacs_node.http.auth.token_of`): a page on another site that makes
-the browser post to the node carries no credential that could store or change anything.
+going; ``POST /api/v1/session/logout`` forgets it. The cookie is accepted for reading
+(GET and HEAD, :func:`pacs_node.http.auth.token_of`) and for the changes the node's own
+admin pages ask for (with the ``X-PACS-Node-Request: 1`` header and the node's own
+``Origin``): a page on another site that makes the browser post to the node carries no
+credential that could store or change anything.
 A revoked token stops working in the browser at its next request, as it does elsewhere.
 """
 

@@ -1,5 +1,6 @@
 """Repositories: all SQL of the index. Each takes a session; the caller commits."""
 
+from .controls import Control, ControlRepository
 from .exports import ExportRepository
 from .instances import InstanceRepository, decide
 from .jobs import JobRepository
@@ -17,6 +18,17 @@ from .queries import (
 from .stats import DeliveredJob, IndexStats, StatsRepository
 from .studies import StudyListing, StudyRepository
 from .tokens import TOKEN_PREFIX, TokenInfo, TokenRepository
+from .worklist import (
+    WORK_STATES,
+    DeliveryCount,
+    DestinationHealth,
+    FailedJob,
+    ProducedInstance,
+    StudyHistory,
+    WorklistFilter,
+    WorklistRepository,
+    WorklistRow,
+)
 
 __all__ = [
     "INSTANCE_MATCHING_KEYS",
@@ -25,6 +37,17 @@ __all__ = [
     "SERIES_MATCHING_KEYS",
     "STUDY_MATCHING_KEYS",
     "TOKEN_PREFIX",
+    "WORK_STATES",
+    "Control",
+    "ControlRepository",
+    "DeliveryCount",
+    "DestinationHealth",
+    "FailedJob",
+    "ProducedInstance",
+    "StudyHistory",
+    "WorklistFilter",
+    "WorklistRepository",
+    "WorklistRow",
     "DeliveredJob",
     "ExportRepository",
     "InstanceMatch",

@@ -110,3 +110,17 @@ class ExportRepository:
                    Export.state == ExportState.PENDING)
             .order_by(Export.id)).all()
 
+
+    def retry_failed(self, job_id: int, now: datetime | None = None) -> int:
+        """Send again the exports of a job's current results that gave up (``failed``): they
+        become ``pending``, due now, with their attempts counted from zero; return how many.
+        Superseded results stay withdrawn."""
+        now = now or utcnow()
+        instance_ids = select(Instance.id).where(Instance.job_id == job_id,
+                                                 Instance.superseded.is_(False))
+        changed = self.session.execute(
+            update(Export).where(Export.instance_id.in_(instance_ids),
+                                 Export.state == ExportState.FAILED)
+            .values(state=ExportState.PENDING, attempts=0, next_attempt_at=now)
+            .execution_options(synchronize_session="fetch"))
+        return int(changed.rowcount)  # type: ignore[attr-defined]

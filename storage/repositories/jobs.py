@@ -220,3 +220,13 @@ class JobRepository:
         self.session.execute(update(Job).where(Job.id == job_id)
                              .values(enqueued_at=now, updated_at=now)
                              .execution_options(synchronize_session="fetch"))
+
+    def wake_queued(self, now: datetime | None = None) -> int:
+        """Mark every ``queued`` job as never enqueued, so the tracker's reconciler wakes a
+        worker for each at its next pass (processing resumed); return how many."""
+        now = now or utcnow()
+        changed = self.session.execute(
+            update(Job).where(Job.state == JobState.QUEUED)
+            .values(enqueued_at=None, updated_at=now)
+            .execution_options(synchronize_session="fetch"))
+        return int(changed.rowcount)  # type: ignore[attr-defined]

@@ -80,6 +80,13 @@ class TokenRepository:
             row.last_used_at = now
         return TokenRole(row.role)
 
+    def name_of(self, token: str) -> str | None:
+        """The name of a valid, unrevoked token (who did something), or None."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            return None
+        return self.session.scalar(select(ApiToken.name).where(
+            ApiToken.token_sha256 == _digest(token), ApiToken.revoked_at.is_(None)))
+
     def list(self) -> list[TokenInfo]:
         return [_info(row) for row in self.session.scalars(
             select(ApiToken).order_by(ApiToken.created_at, ApiToken.id))]
