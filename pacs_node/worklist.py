@@ -250,7 +250,8 @@ class WorklistService:
         s = history.row.study
         events: list[dict[str, Any]] = [{
             "step": "received", "at": _iso(s.first_received_at),
-            "detail": f"{s.instance_count} instances, the last at "
+            "detail": f"{s.instance_count} instances (the node's results "
+                      f"included), the last at "
                       f"{s.last_received_at.isoformat(timespec='seconds')}"}]
         if history.jobs:
             events.append({"step": "settled", "at": _iso(history.jobs[0].created_at),
@@ -271,8 +272,7 @@ class WorklistService:
                 row = WorklistRow(s, job, result, ())
                 events.append({"step": "result", "at": _iso(result.created_at),
                                "job_id": job.id,
-                               "detail": f"{tag}: {_result(row)['text']}"
-                                         + (" (superseded)" if result.superseded else "")})
+                               "detail": f"{tag}: {_result(row)['text']}"})
             elif job.state == "failed":
                 events.append({"step": "failed", "at": _iso(job.finished_at),
                                "job_id": job.id, "detail": f"{tag}: failed for good",

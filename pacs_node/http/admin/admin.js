@@ -39,7 +39,7 @@ function el(tag, attrs = {}, ...children) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -184,19 +184,19 @@ async function studyPage() {
         el("label", {for: "priority", text: "Priority"}), priority,
         el("label", {for: "reason", text: "Reason"}), reason,
         el("button", {type: "submit", text: "Set priority"})));
-    const facts = el("dl", {class: "facts"},
+    const facts = el("dl", {class: "facts"}, [
       ["Study Instance UID", s.study_instance_uid], ["Study date", s.study_date || "—"],
       ["Description", s.study_description || "—"],
       ["Body part", s.body_parts.join(", ") || "—"], ["Age", age(s.age_seconds)],
       ["Result", s.result.text], ["Sender's urgency", s.requested_priority || "—"]
-    ].map(([k, v]) => [el("dt", {text: k}), el("dd", {text: v})]);
+    ].map(([k, v]) => [el("dt", {text: k}), el("dd", {text: v})]));
     const timeline = el("ol", {class: "timeline", id: "timeline"}, s.timeline.map(e =>
       el("li", {class: `t-${e.step}`}, el("strong", {text: e.step}), " ",
          el("span", {class: "muted", text: when(e.at)}), " ", e.detail,
          e.error ? el("div", {class: "error", text: e.error}) : null)));
     const overlays = el("div", {class: "overlays", id: "overlays"},
       s.overlays.length ? s.overlays.map(o => el("figure", {},
-        el("img", {src: o.rendered, alt: `overlay ${o.sop_instance_uid}`, loading: "lazy"}),
+        el("img", {src: o.rendered, alt: `overlay ${o.sop_instance_uid}`}),
         el("figcaption", {class: "muted", text: o.series_instance_uid}))) :
         el("p", {class: "muted", text: "No overlay (no current result)."}));
     const report = s.report ? table(["Concept", "Value"], s.report.rows.map(r =>
