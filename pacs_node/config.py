@@ -48,6 +48,8 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "StudySettings",
+    "TriageSettings",
+    "WebhookSettings",
     "load_settings",
 ]
 
@@ -286,6 +288,31 @@ class TriageSettings(_Section):
         return self
 
 
+class WebhookSettings(_Section):
+    """``webhook``: one HTTP POST (JSON) per study a result triages HIGH, to ``url``,
+    retried with backoff while the receiver is down (pacs_node.webhook). The body carries
+    no patient name, ID or birth date unless ``include_phi``."""
+
+    url: str | None = None  # http:// or https://; unset: no webhook
+    include_phi: bool = False
+    # Signs each body: header X-PACS-Node-Signature: sha256=<HMAC-SHA256 of the body>.
+    secret: str | None = Field(None, min_length=16)
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+    max_attempts: int = Field(8, ge=1, le=100)
+    backoff_initial_seconds: float = Field(2.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0)
+    # Base of the viewer link in the body; unset: http://<node.http_host>:<node.http_port>.
+    viewer_base_url: str | None = None
+
+    @model_validator(mode="after")
+    def _http_only(self) -> WebhookSettings:
+        for name in ("url", "viewer_base_url"):
+            value = getattr(self, name)
+            if value is not None and not value.lower().startswith(("http://", "https://")):
+                raise ValueError(f"webhook.{name} must be an http:// or https:// URL")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration of a node."""
 
@@ -304,6 +331,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @model_validator(mode="after")
     def _check_http_exposure(self) -> Settings:

@@ -34,6 +34,7 @@ from .dimse import DimseServer, MoveDestination
 from .http import HttpServer, create_app
 from .tls import destination_contexts, server_context
 from .tracker import StudyTracker
+from .webhook import WebhookService
 
 __all__ = ["Node", "NodeStartError", "Storage", "open_storage", "pipeline_factory"]
 
@@ -84,6 +85,7 @@ def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], Study
             lease_seconds=settings.queue.lease_seconds,
             high_threshold=settings.triage.high_threshold,
             doubt_threshold=settings.triage.doubt_threshold,
+            notify_high=bool(settings.webhook.url),
         )
         return StudyPipeline(storage.store, storage.sessions, options, ModelCache())
 
@@ -103,6 +105,10 @@ def _check_port_free(host: str, port: int, what: str) -> None:
                 from None
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 class Node:
     """A running node: DIMSE listeners (plain and/or TLS), study tracker, job runner
     (embedded) and delivery."""
@@ -116,6 +122,7 @@ class Node:
         self.dimse: DimseServer | None = None  # the plain listener (dimse_port)
         self.dimse_tls: DimseServer | None = None  # the TLS listener (node.tls.port)
         self.delivery: DeliveryService | None = None
+        self.webhook: WebhookService | None = None
         self.http: HttpServer | None = None
 
     @property
@@ -164,6 +171,11 @@ class Node:
                                         s.delivery, calling_ae=s.node.ae_title,
                                         tls_contexts=sending_tls)
         self.delivery.start()
+        if s.webhook.url:
+            self.webhook = WebhookService(
+                storage.sessions, s.webhook, viewer_base=s.webhook.viewer_base_url
+                or f"http://{_url_host(s.node.http_host)}:{s.node.http_port}")
+            self.webhook.start()
         # C-MOVE sends to the AE titles of destinations and remotes (remotes win a tie).
         move_destinations = {
             peer.ae_title: MoveDestination(peer.host, peer.port, tls_by_name.get(peer.name))
@@ -213,5 +225,7 @@ class Node:
             self._local.stop()
         if self.delivery is not None:
             self.delivery.stop()
+        if self.webhook is not None:
+            self.webhook.stop()
         if self.storage is not None:
             self.storage.engine.dispose()

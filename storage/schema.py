@@ -39,6 +39,7 @@ __all__ = [
     "InstanceSource",
     "Job",
     "JobState",
+    "Notification",
     "NodeControl",
     "Patient",
     "PriorityEvent",
@@ -322,3 +323,27 @@ class NodeControl(Base):
     actor: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text, default="")
     changed_at: Mapped[datetime]
+
+
+class Notification(Base):
+    """A webhook call owed for a study a result triaged HIGH (pacs_node.webhook): its JSON
+    body without patient data (added at send time when ``webhook.include_phi``), retried
+    with backoff until sent or out of attempts. One per job: a retried job owes one call."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", ExportState), name="state"),
+        UniqueConstraint("job_id"),
+        Index("ix_notifications_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    study_id: Mapped[int] = mapped_column(Id, ForeignKey("studies.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(Id, ForeignKey("jobs.id", ondelete="SET NULL"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=ExportState.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]

@@ -50,6 +50,7 @@ from storage import (
     InstanceSource,
     JobRepository,
     JobState,
+    NotificationRepository,
     PrioritySource,
     StagedFile,
     StudyRepository,
@@ -123,6 +124,8 @@ class PipelineOptions:
     # Operating points of the triage priority (triage.high_threshold, doubt_threshold).
     high_threshold: float = 0.8
     doubt_threshold: float = 0.3
+    # Queue a webhook call for each study a result makes HIGH (webhook.url is set).
+    notify_high: bool = False
 
 
 def reported_findings(predictions: Sequence[ViewPrediction], threshold: float,
@@ -415,7 +418,8 @@ class StudyPipeline:
                     meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid,
                     data)))
             return self._complete(job_id, attempt, studies, skipped, staged,
-                                  with_rejection=rejection is not None, triage=triage)
+                                  with_rejection=rejection is not None, triage=triage,
+                                  synthetic=any(m.metadata.synthetic_demo for _, m, _ in judged))
         finally:
             for _, file in staged:
                 self.store.discard(file)
@@ -446,7 +450,8 @@ class StudyPipeline:
 
     def _complete(self, job_id: int, attempt: int, studies: list[tuple[str, StudyResult]],
                   skipped: list[SkippedView], staged: list[tuple[InstanceMeta, StagedFile]],
-                  *, with_rejection: bool, triage: tuple[TriagePriority, str]) -> str:
+                  *, with_rejection: bool, triage: tuple[TriagePriority, str],
+                  synthetic: bool = False) -> str:
         """One transaction: complete the job, index its results, supersede the earlier
         ones, queue the exports. Nothing is indexed when the job was superseded."""
         results = staged[:-1] if with_rejection else staged
@@ -506,9 +511,22 @@ class StudyPipeline:
                         exports.add(row.id, targets)
             repo = StudyRepository(session)
             repo.set_priority(result.study_id, best.fracture_probability if best else None)
-            repo.set_triage(result.study_id, triage[0], source=PrioritySource.RESULT,
-                            reason=triage[1], actor=", ".join(name for name, _ in studies)
-                            or "pacs-node", job_id=job_id)
+            models = ", ".join(name for name, _ in studies) or "pacs-node"
+            priority = repo.set_triage(result.study_id, triage[0], source=PrioritySource.RESULT,
+                                       reason=triage[1], actor=models, job_id=job_id)
+            if priority is TriagePriority.HIGH and self.options.notify_high:
+                NotificationRepository(session).add(result.study_id, job_id, {
+                    "event": "study.priority.high",
+                    "study_instance_uid": study.study_instance_uid,
+                    "accession_number": study.accession_number,
+                    "priority": str(priority), "priority_reason": triage[1],
+                    "result_state": result.state,
+                    # A probability only where the node analysed the study.
+                    **({"fracture_probability": result.fracture_probability}
+                       if result.fracture_probability is not None else {}),
+                    "models": models, "synthetic_data_weights": synthetic,
+                    "job_id": job_id, "result_at": result.created_at.isoformat(),
+                })
             return len(old)
 
         superseded = run_write(self.sessions, complete)

@@ -4,6 +4,7 @@ from .controls import Control, ControlRepository
 from .exports import ExportRepository
 from .instances import InstanceRepository, decide
 from .jobs import JobRepository
+from .notifications import NotificationRepository
 from .queries import (
     INSTANCE_MATCHING_KEYS,
     RELATIONAL_INSTANCE_KEYS,
@@ -54,6 +55,7 @@ __all__ = [
     "IndexStats",
     "InstanceRepository",
     "JobRepository",
+    "NotificationRepository",
     "QueryRepository",
     "SeriesMatch",
     "StatsRepository",

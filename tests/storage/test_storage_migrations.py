@@ -27,7 +27,7 @@ from storage import (
 from .storage_helpers import content, meta
 
 TABLES = {"patients", "studies", "series", "instances", "jobs", "results", "exports",
-          "api_tokens", "priority_events", "node_controls"}
+          "api_tokens", "priority_events", "node_controls", "notifications"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
