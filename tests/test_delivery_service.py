@@ -30,10 +30,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.events import Event
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.registry import Finding, ViewPrediction
+from models.synth import generate_dataset, read_manifest
 from pacs_node.config import DeliverySettings, Destination
 from pacs_node.delivery import DeliveryService, backoff_seconds
 from storage import (
@@ -53,6 +54,7 @@ from storage import (
     run_write,
     session_factory,
 )
+from workers.metrics import local_registry
 from workers.results import AlgorithmInfo, StudyResult, ViewResult, build_secondary_captures
 
 from .storage.storage_helpers import CR_IMAGE, encoded_instance, meta
@@ -430,3 +432,51 @@ def test_results_of_a_study_triaged_high_go_first_with_c_store_priority_high(
     studies = [str(ds.StudyInstanceUID) for _, ds in receiver.received]
     assert studies == [meta(study=9).study_instance_uid, meta(study=7).study_instance_uid]
     assert receiver.priorities == [0x0001, 0x0000]  # HIGH, then MEDIUM (the default)
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    registry = local_registry()
+    assert registry is not None, "the test process records metrics in a folder"
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_jobs_delivery_is_counted_and_timed_once_all_its_objects_are_there(
+    node: Node, receivers: list[Receiver], deliver: list[DeliveryService], tmp_path: Path
+) -> None:
+    """pacsnode_delivery_attempts counts each object; pacsnode_time_to_delivery_seconds
+    observes a job once, when the last object of its result reaches the destination,
+    labelled with the study's triage priority."""
+    from tests.workers.conftest import ingest_file, settle_job
+    from tests.workers.test_pipeline import tiny_checkpoint
+    from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
+    from workers.routing import Route
+
+    root = tmp_path / "synth"
+    generate_dataset(root, studies=1, seed=3, size=128)
+    for entry in read_manifest(root):
+        ingest_file(node.store, node.sessions, root / entry["path"])
+    job_id = settle_job(node.sessions)
+    options = PipelineOptions(routes=(Route(model=str(tiny_checkpoint(
+        tmp_path / "tiny.pt", threshold=1e9))),), destinations=("pacs",),
+        doubt_threshold=0.0, high_threshold=0.0)  # every probability: HIGH
+    assert StudyPipeline(node.store, node.sessions, options,
+                         ModelCache(device="cpu")).run(job_id) == "done"
+    with node.sessions() as session:
+        exports = session.scalars(select(Export)).all()
+    assert len(exports) >= 2  # the SR and an overlay per view
+
+    timed = {"priority": "HIGH", "destination": "pacs"}
+    sent = {"destination": "pacs", "outcome": "sent"}
+    before = (_sample("pacsnode_time_to_delivery_seconds_count", timed),
+              _sample("pacsnode_delivery_attempts_total", sent))
+    down = _service(deliver, node, [Destination(name="pacs", ae_title=RECEIVER_AE,
+                                                host="127.0.0.1", port=_closed_port())])
+    assert down.deliver_once() == 0  # nothing there yet: not timed
+    assert _sample("pacsnode_time_to_delivery_seconds_count", timed) == before[0]
+
+    receiver = _start(receivers)
+    node.make_due()
+    assert _service(deliver, node, [receiver.destination()]).deliver_once() == len(exports)
+    assert _sample("pacsnode_time_to_delivery_seconds_count", timed) == before[0] + 1
+    assert _sample("pacsnode_delivery_attempts_total", sent) == before[1] + len(exports)
+    assert _sample("pacsnode_time_to_delivery_seconds_sum", timed) > 0
