@@ -127,18 +127,19 @@ class WorklistRepository:
         where: list[ColumnElement[bool]] = []
         if f.priorities:
             named = [p for p in f.priorities if p != "NONE"]
-            either = [Study.triage_priority.in_(named)] if named else []
+            either: list[ColumnElement[bool]] = (
+                [Study.triage_priority.in_(named)] if named else [])
             if "NONE" in f.priorities:
                 either.append(Study.triage_priority.is_(None))
             where.append(or_(*either))
         if f.states:
-            either = []
+            states: list[ColumnElement[bool]] = []
             if "receiving" in f.states:
-                either.append(Study.state == StudyState.RECEIVING)
+                states.append(Study.state == StudyState.RECEIVING)
             jobs = [s for s in f.states if s != "receiving"]
             if jobs:
-                either.append(and_(Study.state == StudyState.SETTLED, Job.state.in_(jobs)))
-            where.append(or_(*either))
+                states.append(and_(Study.state == StudyState.SETTLED, Job.state.in_(jobs)))
+            where.append(or_(*states))
         if f.body_part:
             where.append(exists().where(Series.study_id == Study.id,
                                         func.upper(Series.body_part_examined)
@@ -203,6 +204,8 @@ class WorklistRepository:
             .where(Instance.job_id.in_(list(job_ids)))
             .group_by(Instance.job_id, Export.destination, Export.state))
         for job_id, destination, state, count, attempts, sent_at in rows:
+            if job_id is None:
+                continue
             counts = out[job_id].setdefault(destination, DeliveryCount())
             setattr(counts, state, int(count))
             counts.attempts += int(attempts or 0)
@@ -214,6 +217,8 @@ class WorklistRepository:
             .where(Instance.job_id.in_(list(job_ids)), Export.last_error.is_not(None))
             .order_by(Export.id))
         for job_id, destination, error in errors:
+            if job_id is None:
+                continue
             out[job_id].setdefault(destination, DeliveryCount()).last_error = error
         return out
 
@@ -228,7 +233,7 @@ class WorklistRepository:
         (row,) = self._rows([(study, job)])
         jobs = self.session.scalars(select(Job).where(Job.study_id == study.id)
                                     .order_by(Job.id)).all()
-        produced = [ProducedInstance(int(job_id), series_uid, sop_uid, sop_class, relpath,
+        produced = [ProducedInstance(int(job_id or 0), series_uid, sop_uid, sop_class, relpath,
                                      bool(superseded))
                     for job_id, series_uid, sop_uid, sop_class, relpath, superseded
                     in self.session.execute(
@@ -276,7 +281,7 @@ class WorklistRepository:
         last_sent = dict(self.session.execute(  # type: ignore[arg-type]
             select(Export.destination, func.max(Export.sent_at)).group_by(Export.destination)
         ).all())
-        last_error: dict[str, str] = {}
+        last_error: dict[str, str | None] = {}
         for destination, error in self.session.execute(
                 select(Export.destination, Export.last_error)
                 .join(Instance, Instance.id == Export.instance_id)
