@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import requests
 from pydicom import Dataset
 
 from models.synth import generate_dataset, read_manifest
+from tests.screenshots import screenshot_taker
 
 from .conftest import (
     PACS_NODE,
@@ -40,7 +40,6 @@ from .conftest import (
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin"
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 TIMEOUT_MS = 30_000
 ADMIN = "night-admin"
@@ -73,19 +72,9 @@ def _uid(paths: list[Path]) -> str:
 
 
 @pytest.fixture
-def shots(tmp_path: Path) -> Iterator[Callable[[Any, str], None]]:
-    folder = tmp_path / "screenshots"
-    folder.mkdir()
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
-
-    def shot(page: Any, name: str) -> None:
-        path = folder / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
-        shutil.copy2(path, ARTIFACTS / path.name)
-
-    yield shot
+def shots(tmp_path: Path) -> Callable[[Any, str], None]:
+    """``shot(page, step)``: a screenshot in tmp_path and test-artifacts/admin/."""
+    return screenshot_taker(tmp_path, "admin", full_page=True)
 
 
 class Api:

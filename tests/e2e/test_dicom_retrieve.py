@@ -8,12 +8,42 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import yaml
 
-from .conftest import Orthanc, make_node, rg3_copy, start_orthanc, stop_process, storescu, wait_for
+from .conftest import (
+    NodeProcess,
+    Orthanc,
+    make_node,
+    rg3_copy,
+    start_orthanc,
+    stop_process,
+    storescu,
+    wait_for,
+)
+
+
+def _pull(tmp_path: Path, orthanc: Orthanc, node: NodeProcess, how: str,
+          payload: dict[str, Any]) -> None:
+    """Send RG3 to the node, have Orthanc pull its study (``how``: move or get), and check
+    Orthanc holds the same pixels."""
+    node.start()
+    study_file = rg3_copy(tmp_path / "study")
+    sent = pydicom.dcmread(study_file)
+    assert storescu(node.port, [study_file]).returncode == 0
+    orthanc.put_modality("node", "PACSNODE", node.port)
+    orthanc.get_post(f"/modalities/node/{how}", {
+        "Level": "Study", "Resources": [{"StudyInstanceUID": sent.StudyInstanceUID}],
+        "Synchronous": True, **payload})
+    wait_for(lambda: len(orthanc.instances_of(sent.StudyInstanceUID)) >= 1, timeout=60,
+             what=f"Orthanc to hold the study it pulled by C-{how.upper()}")
+    (held,) = [i for i in orthanc.instances_of(sent.StudyInstanceUID)
+               if i["tags"]["SOPInstanceUID"] == sent.SOPInstanceUID]
+    copy = pydicom.dcmread(BytesIO(orthanc.file(held["id"])))
+    assert np.array_equal(copy.pixel_array, sent.pixel_array)
 
 
 def test_orthanc_pulls_a_study_by_c_move(tmp_path: Path, orthanc: Orthanc) -> None:
@@ -21,21 +51,7 @@ def test_orthanc_pulls_a_study_by_c_move(tmp_path: Path, orthanc: Orthanc) -> No
     node.settings["remotes"] = [{"name": "pacs", "ae_title": orthanc.aet,
                                  "host": "127.0.0.1", "port": orthanc.dicom_port}]
     node.config.write_text(yaml.safe_dump(node.settings))
-    node.start()
-    study_file = rg3_copy(tmp_path / "study")
-    sent = pydicom.dcmread(study_file)
-    assert storescu(node.port, [study_file]).returncode == 0
-
-    orthanc.put_modality("node", "PACSNODE", node.port)
-    orthanc.get_post("/modalities/node/move", {
-        "Level": "Study", "Resources": [{"StudyInstanceUID": sent.StudyInstanceUID}],
-        "TargetAet": orthanc.aet, "Synchronous": True})
-    wait_for(lambda: len(orthanc.instances_of(sent.StudyInstanceUID)) >= 1, timeout=60,
-             what="Orthanc to hold the moved study")
-    (held,) = [i for i in orthanc.instances_of(sent.StudyInstanceUID)
-               if i["tags"]["SOPInstanceUID"] == sent.SOPInstanceUID]
-    copy = pydicom.dcmread(BytesIO(orthanc.file(held["id"])))
-    assert np.array_equal(copy.pixel_array, sent.pixel_array)
+    _pull(tmp_path, orthanc, node, "move", {"TargetAet": orthanc.aet})
     assert "C-MOVE from" in node.log() and "to 'ORTHANC'" in node.log()
 
 
@@ -44,21 +60,7 @@ def test_orthanc_pulls_a_study_by_c_get(tmp_path: Path) -> None:
     try:
         assert orthanc.get("/system")["Version"] >= "1.12.6"
         node = make_node(tmp_path / "node")
-        node.start()
-        study_file = rg3_copy(tmp_path / "study")
-        sent = pydicom.dcmread(study_file)
-        assert storescu(node.port, [study_file]).returncode == 0
-
-        orthanc.put_modality("node", "PACSNODE", node.port)
-        orthanc.get_post("/modalities/node/get", {
-            "Level": "Study", "Resources": [{"StudyInstanceUID": sent.StudyInstanceUID}],
-            "Synchronous": True})
-        wait_for(lambda: len(orthanc.instances_of(sent.StudyInstanceUID)) >= 1, timeout=60,
-                 what="Orthanc to hold the study it pulled")
-        (held,) = [i for i in orthanc.instances_of(sent.StudyInstanceUID)
-                   if i["tags"]["SOPInstanceUID"] == sent.SOPInstanceUID]
-        copy = pydicom.dcmread(BytesIO(orthanc.file(held["id"])))
-        assert np.array_equal(copy.pixel_array, sent.pixel_array)
+        _pull(tmp_path, orthanc, node, "get", {})
         assert "C-GET" in node.log()
     finally:
         stop_process(orthanc.process)

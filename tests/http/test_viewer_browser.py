@@ -16,8 +16,7 @@ the test fails and says which command installs it.
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pytest
 
 from models.synth import generate_dataset, read_manifest
 from storage import TokenRepository, TokenRole, run_write
+from tests.screenshots import screenshot_taker
 from tests.workers.conftest import ingest_file, settle_job
 from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 from workers.routing import Route
@@ -34,7 +34,6 @@ from .conftest import Web
 from .test_viewer import require_viewer
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "viewer"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 TIMEOUT_MS = 60_000  # the first page load parses a 17 MB bundle in a software-rendered browser
 
@@ -114,20 +113,9 @@ def processed(make_web: Callable[..., Web], tmp_path: Path) -> Processed:
 
 
 @pytest.fixture
-def shots(tmp_path: Path) -> Iterator[Callable[[object, str], None]]:
-    """``shot(page, name)``: a screenshot in tmp_path/screenshots and test-artifacts/viewer."""
-    folder = tmp_path / "screenshots"
-    folder.mkdir()
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
-
-    def shot(page: object, name: str) -> None:
-        path = folder / f"{name}.png"
-        page.screenshot(path=str(path))  # type: ignore[attr-defined]
-        shutil.copy2(path, ARTIFACTS / path.name)
-
-    yield shot
+def shots(tmp_path: Path) -> Callable[[object, str], None]:
+    """``shot(page, step)``: a screenshot in tmp_path and test-artifacts/viewer/."""
+    return screenshot_taker(tmp_path, "viewer")
 
 
 def test_a_reader_sees_the_srs_findings_drawn_and_listed_in_ohif(
