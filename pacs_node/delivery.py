@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -60,8 +61,14 @@ def priority_label(priority: str | None) -> str:
     return priority if priority in _PRIORITIES else "other"
 
 
-def backoff_seconds(attempts: int, settings: DeliverySettings) -> float:
-    """Delay after the ``attempts``-th failed attempt: initial * 2^(attempts-1), capped."""
+class _Backoff(Protocol):
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+
+
+def backoff_seconds(attempts: int, settings: _Backoff) -> float:
+    """Delay after the ``attempts``-th failed attempt: initial * 2^(attempts-1), capped
+    (delivery.* and webhook.* settings)."""
     return min(settings.backoff_max_seconds,
                settings.backoff_initial_seconds * 2 ** max(0, attempts - 1))
 

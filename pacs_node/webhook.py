@@ -31,18 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import NotificationRepository, Study, run_write
 
 from .config import WebhookSettings
+from .delivery import backoff_seconds
 
-__all__ = ["WebhookService", "webhook_backoff"]
+__all__ = ["WebhookService"]
 
 log = logging.getLogger(__name__)
 
 _USER_AGENT = "pacs-node webhook"
-
-
-def webhook_backoff(attempts: int, settings: WebhookSettings) -> float:
-    """Delay after the ``attempts``-th failed call: initial * 2^(attempts-1), capped."""
-    return min(settings.backoff_max_seconds,
-               settings.backoff_initial_seconds * 2 ** max(0, attempts - 1))
 
 
 @dataclass(frozen=True)
@@ -143,7 +138,7 @@ class WebhookService:
                     continue
                 attempts = call.attempts + 1
                 retry = (None if attempts >= self.settings.max_attempts else
-                         now + timedelta(seconds=webhook_backoff(attempts, self.settings)))
+                         now + timedelta(seconds=backoff_seconds(attempts, self.settings)))
                 repo.mark_failed(call.notification_id, error=error, next_attempt_at=retry)
 
         run_write(self.sessions, work)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import yaml
 
@@ -347,6 +348,18 @@ def two_view_study_files(root: Path, *, size: int) -> list[Path]:
     for entry in read_manifest(root):
         by_study.setdefault(entry["study_instance_uid"], []).append(root / entry["path"])
     return next(files for files in by_study.values() if len(files) == 2)
+
+
+def order_stat(paths: Iterable[Path]) -> None:
+    """Mark the views as ordered STAT: Requested Procedure Priority STAT in a Request
+    Attributes Sequence item, as a RIS order puts it (the node's urgent lane)."""
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        request = pydicom.Dataset()
+        request.RequestedProcedureID = "RP1"
+        request.RequestedProcedurePriority = "STAT"
+        ds.RequestAttributesSequence = [request]
+        ds.save_as(path)
 
 
 # -- no patient data in the logs, nothing left running ---------------------------------

@@ -24,7 +24,6 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-from pydicom import Dataset
 
 from models.synth import generate_dataset, read_manifest
 from tests.screenshots import screenshot_taker
@@ -34,6 +33,7 @@ from .conftest import (
     NodeProcess,
     Orthanc,
     make_node,
+    order_stat,
     result_uids,
     storescu,
     wait_for,
@@ -57,13 +57,7 @@ def _studies(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     fracture, stat, normal = studies[1], studies[4], studies[5]
     assert all(label for _, label in fracture)
     assert not any(label for _, label in stat + normal)
-    for path, _ in stat:
-        ds = pydicom.dcmread(path)
-        request = Dataset()
-        request.RequestedProcedureID = "RP1"
-        request.RequestedProcedurePriority = "STAT"
-        ds.RequestAttributesSequence = [request]
-        ds.save_as(path)
+    order_stat(path for path, _ in stat)
     return ([p for p, _ in fracture], [p for p, _ in normal], [p for p, _ in stat])
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom import Dataset
 from sqlalchemy import text
 
 from models.synth import generate_dataset, read_manifest
 from storage import create_engine_for
 
-from .conftest import NodeProcess, make_node, storescu, wait_for
+from .conftest import NodeProcess, make_node, order_stat, storescu, wait_for
 
 ROUTINE = 20
 
@@ -30,13 +29,7 @@ def _studies(root: Path) -> list[list[Path]]:
         by_study.setdefault(entry["study_instance_uid"], []).append(root / entry["path"])
     studies = list(by_study.values())
     assert len(studies) == ROUTINE + 1
-    for path in studies[-1]:
-        ds = pydicom.dcmread(path)
-        request = Dataset()
-        request.RequestedProcedureID = "RP1"
-        request.RequestedProcedurePriority = "STAT"
-        ds.RequestAttributesSequence = [request]
-        ds.save_as(path)
+    order_stat(studies[-1])
     return studies
 
 
