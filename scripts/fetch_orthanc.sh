@@ -54,8 +54,9 @@ exec "$here/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "$libs
 EOF
 chmod +x "$DEST.tmp/orthanc"
 
-reported=$("$DEST.tmp/orthanc" --version | head -n1 | awk '{print $2}')
-if [ "$(printf '%s\n%s\n' "$MINIMUM" "$reported" | sort -V | head -n1)" != "$MINIMUM" ]; then
+# awk reads every line (head would close the pipe early: SIGPIPE, and pipefail fails).
+reported=$("$DEST.tmp/orthanc" --version 2>&1 | awk 'NR == 1 {print $2}')
+if [ "$(printf '%s\n%s\n' "$MINIMUM" "$reported" | sort -V | awk 'NR == 1')" != "$MINIMUM" ]; then
   echo "fetch_orthanc: $SUITE has Orthanc $reported, older than $MINIMUM (no C-GET SCU)" >&2
   exit 1
 fi
