@@ -630,6 +630,88 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name")],
     console.print(f"token {name!r} revoked")
 
 
+remote_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                          help="Remote archives (config remotes): check what they answer.")
+app.add_typer(remote_app, name="remote")
+
+
+@remote_app.command("test")
+def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the config")],
+                config: ConfigOption = Path("config.yaml")) -> None:
+    """C-ECHO the remote, C-FIND one instance it holds, and retrieve that instance the way
+    the remote is configured to (C-MOVE to this node's AE title: `pacs-node serve` must be
+    running and the remote must know it; or C-GET into this node's store). One verdict a
+    line; the exit status is 1 when any step failed."""
+    import time
+
+    from storage import InstanceRepository
+
+    from .archive import ArchiveClient, ArchiveError
+    from .receive import Receiver
+    from .tls import destination_contexts
+
+    settings = _settings(config)
+    remote = next((r for r in settings.remotes if r.name == name), None)
+    if remote is None:
+        _fail(f"no remote named {name!r} in {config} (remotes: "
+              f"{', '.join(r.name for r in settings.remotes) or 'none'})")
+    assert remote is not None
+    contexts = destination_contexts([remote], section="remotes") if remote.tls.enabled else {}
+    client = ArchiveClient(remote, calling_ae=settings.node.ae_title,
+                           tls_context=contexts.get(remote.name))
+    failed = False
+    out = Console()  # the verdicts are the command's output: stdout
+
+    def verdict(step: str, ok: bool, text: str) -> None:
+        nonlocal failed
+        failed |= not ok
+        out.print(f"{step}: {'[green]ok[/green]' if ok else '[red]FAILED[/red]'}: {text}",
+                  highlight=False, soft_wrap=True)
+
+    try:
+        client.echo()
+        verdict("C-ECHO", True, f"{remote.ae_title}@{remote.host}:{remote.port} answers")
+    except ArchiveError as exc:
+        verdict("C-ECHO", False, str(exc))
+        raise typer.Exit(1) from None
+    try:
+        found = client.first_instance()
+    except ArchiveError as exc:
+        verdict("C-FIND", False, str(exc))
+        raise typer.Exit(1) from None
+    if found is None:
+        verdict("C-FIND", False, "the archive answered no instance (is it empty?)")
+        raise typer.Exit(1)
+    verdict("C-FIND", True, f"one instance found: {found[2]} (study {found[0]})")
+    storage = _storage_for(config)
+    try:
+        if remote.retrieve == "c-get":
+            counts = client.get_instance(found, Receiver(storage.store, storage.sessions))
+        else:
+            counts = client.move_instance(found)
+        where = ("into this node's store" if remote.retrieve == "c-get"
+                 else f"to {settings.node.ae_title}")
+        verdict(remote.retrieve.upper(), True, f"the remote sent {counts.completed} "
+                f"instance(s) {where}")
+        deadline = time.monotonic() + 15
+        while True:
+            with storage.sessions() as session:
+                held = InstanceRepository(session).get(found[2]) is not None
+            if held or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        verdict("stored", held, "the instance is in this node's index" if held else
+                f"the instance did not arrive: is `pacs-node serve` running, and does "
+                f"{remote.ae_title} know {settings.node.ae_title} at "
+                f"{settings.node.dimse_host}:{settings.node.dimse_port}?")
+    except ArchiveError as exc:
+        verdict(remote.retrieve.upper(), False, str(exc))
+    finally:
+        storage.engine.dispose()
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

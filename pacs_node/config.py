@@ -250,6 +250,9 @@ class Remote(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: DestinationTls = Field(default_factory=DestinationTls)
+    # How the node pulls studies from this remote as an archive (pacs_node.archive):
+    # c-move to the node's own AE title (the PACS must know it), or c-get.
+    retrieve: Literal["c-move", "c-get"] = "c-move"
 
     _check_ae = field_validator("ae_title")(_ae_title)
 

@@ -1,0 +1,317 @@
+"""Query/retrieve SCU toward a remote archive (issue 15, items 1-2): what archive
+re-processing asks of a hospital PACS.
+
+Study Root C-FIND at STUDY level by accession number, or by a StudyDate range and
+ModalitiesInStudy (CR, DX); a body part narrows the answer with one SERIES-level C-FIND
+per study (BodyPartExamined is a series attribute). Retrieval is C-MOVE to the node's own
+AE title (the default: most hospital PACS offer it, and the instances then arrive through
+the node's C-STORE listener like any others) or C-GET over the same association, whose
+instances go through the same checks and durable ingest as a C-STORE
+(:class:`pacs_node.receive.Receiver`). Every answer a peer sends is bounded (matches per
+query, sub-operations counted, never trusted for a path).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from storage import is_valid_uid
+
+from .config import Remote
+from .receive import Receiver, Refused
+
+__all__ = ["ArchiveClient", "ArchiveError", "Retrieved", "StudyRef"]
+
+log = logging.getLogger(__name__)
+
+#: Most matches one C-FIND may bring back; more is an error, not a silent cut.
+MAX_MATCHES = 10_000
+_PENDING = (0xFF00, 0xFF01)
+_OUT_OF_RESOURCES = 0xA702
+# C-GET: storage classes an X-ray archive sends (the SCP role needs one context each, and
+# an association has 128 at most, Query/Retrieve's included).
+_GET_STORAGE = [cx.abstract_syntax for cx in StoragePresentationContexts][:120]
+
+
+class ArchiveError(Exception):
+    """The remote archive did not answer as asked (unreachable, refused, failed)."""
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """One study the archive holds, as its C-FIND answered."""
+
+    study_instance_uid: str
+    accession_number: str = ""
+    study_date: str = ""
+    modalities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """Sub-operation counts of a retrieve (C-MOVE or C-GET), from the final response."""
+
+    completed: int
+    failed: int
+    warning: int
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str) and hasattr(value, "__iter__"):
+        return "\\".join(str(v) for v in value)[:limit]
+    return str(value)[:limit]
+
+
+class ArchiveClient:
+    """The node as a query/retrieve SCU of ``remote``.
+
+    Args:
+        calling_ae: the node's AE title (the remote knows it as a C-MOVE destination).
+        tls_context: for a remote with ``tls.enabled`` (pacs_node.tls.destination_contexts).
+    """
+
+    def __init__(self, remote: Remote, *, calling_ae: str,
+                 tls_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
+        self.remote = remote
+        self.calling_ae = calling_ae
+        self.tls_context = tls_context
+        self.timeout = timeout
+
+    @contextmanager
+    def _association(self, contexts: Sequence[str], *, roles: Sequence[str] = (),
+                     handlers: Sequence[tuple[object, object]] = ()) -> Iterator[Association]:
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout
+        for context in contexts:
+            ae.add_requested_context(context, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        negotiation = [build_role(sop_class, scp_role=True) for sop_class in roles]
+        tls_args = (self.tls_context, self.remote.host) if self.tls_context else None
+        assoc = ae.associate(self.remote.host, self.remote.port, ae_title=self.remote.ae_title,
+                             ext_neg=negotiation or None, evt_handlers=list(handlers) or None,
+                             tls_args=tls_args)
+        if not assoc.is_established:
+            raise ArchiveError(f"{self.remote.name}: no association with "
+                               f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port} "
+                               "(unreachable, or our AE title refused)")
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def echo(self) -> None:
+        """C-ECHO. Raises ArchiveError unless it answers Success."""
+        with self._association([Verification]) as assoc:
+            status = assoc.send_c_echo()
+        if getattr(status, "Status", None) != 0x0000:
+            raise ArchiveError(f"{self.remote.name}: C-ECHO failed ({_status(status)})")
+
+    def find_studies(self, *, accession: str | None = None, date_from: str = "",
+                     date_to: str = "", modalities: Sequence[str] = (),
+                     body_part: str | None = None, limit: int = MAX_MATCHES
+                     ) -> list[StudyRef]:
+        """Studies matching an accession number, or a StudyDate range (YYYYMMDD, either end
+        open) and any of ``modalities``; ``body_part`` keeps those with a series of it.
+
+        Raises:
+            ArchiveError: no association, a failure status, more than ``limit`` matches.
+        """
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        query.AccessionNumber = accession or ""
+        query.StudyDate = f"{date_from}-{date_to}" if (date_from or date_to) else ""
+        query.ModalitiesInStudy = "\\".join(modalities)
+        studies: dict[str, StudyRef] = {}
+        with self._association([StudyRootQueryRetrieveInformationModelFind]) as assoc:
+            wanted = set(modalities)
+            for ds in self._find(assoc, query, limit):
+                uid = _text(ds, "StudyInstanceUID")
+                if not is_valid_uid(uid):
+                    continue  # a hostile or empty answer is not a study
+                found = tuple(m for m in _text(ds, "ModalitiesInStudy", 128).split("\\") if m)
+                if wanted and found and not wanted & set(found):
+                    continue  # an archive that ignores ModalitiesInStudy matching
+                studies[uid] = StudyRef(uid, _text(ds, "AccessionNumber", 16),
+                                        _text(ds, "StudyDate", 8), found)
+            if body_part:
+                studies = {uid: ref for uid, ref in studies.items()
+                           if self._has_body_part(assoc, uid, body_part)}
+        return sorted(studies.values(), key=lambda s: (s.study_date, s.study_instance_uid))
+
+    def _has_body_part(self, assoc: Association, study_uid: str, body_part: str) -> bool:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        query.BodyPartExamined = body_part.upper()
+        # Every answer is read, to the final status: a response left unread would be
+        # taken for the next query's on this association.
+        answers = list(self._find(assoc, query, MAX_MATCHES))
+        return any(_text(ds, "BodyPartExamined", 16).upper() == body_part.upper()
+                   for ds in answers)
+
+    def _find(self, assoc: Association, query: Dataset, limit: int) -> Iterator[Dataset]:
+        count = 0
+        for status, identifier in assoc.send_c_find(
+                query, StudyRootQueryRetrieveInformationModelFind):
+            code = getattr(status, "Status", None)
+            if code in _PENDING and identifier is not None:
+                count += 1
+                if count > limit:
+                    raise ArchiveError(f"{self.remote.name}: more than {limit} matches; "
+                                       "narrow the query (date range, accession list)")
+                yield identifier
+            elif code != 0x0000:
+                raise ArchiveError(f"{self.remote.name}: C-FIND failed ({_status(status)})")
+
+    def first_instance(self) -> tuple[str, str, str] | None:
+        """Any one instance the archive holds (study, series, SOP Instance UIDs), found
+        by C-FINDs that are cancelled after their first answer (PS3.4 C.4.1.2.3): the
+        remote test's known instance, without listing the archive."""
+        with self._association([StudyRootQueryRetrieveInformationModelFind]) as assoc:
+            uids: list[str] = []
+            for message_id, (level, keyword) in enumerate((("STUDY", "StudyInstanceUID"),
+                                                           ("SERIES", "SeriesInstanceUID"),
+                                                           ("IMAGE", "SOPInstanceUID")),
+                                                          start=1):
+                query = Dataset()
+                query.QueryRetrieveLevel = level
+                for known, name in zip(uids, ("StudyInstanceUID", "SeriesInstanceUID"),
+                                       strict=False):
+                    setattr(query, name, known)
+                setattr(query, keyword, "")
+                found = self._first(assoc, query, keyword, message_id)
+                if found is None:
+                    return None
+                uids.append(found)
+        return uids[0], uids[1], uids[2]
+
+    def _first(self, assoc: Association, query: Dataset, keyword: str, message_id: int
+               ) -> str | None:
+        found = None
+        for status, identifier in assoc.send_c_find(
+                query, StudyRootQueryRetrieveInformationModelFind, msg_id=message_id):
+            code = getattr(status, "Status", None)
+            if code in _PENDING and identifier is not None and found is None:
+                value = _text(identifier, keyword)
+                if is_valid_uid(value):
+                    found = value
+                    assoc.send_c_cancel(message_id,
+                                        query_model=StudyRootQueryRetrieveInformationModelFind)
+            elif code not in _PENDING and code not in (0x0000, 0xFE00):
+                raise ArchiveError(f"{self.remote.name}: C-FIND failed ({_status(status)})")
+        return found
+
+    def move_instance(self, uids: tuple[str, str, str], destination_ae: str | None = None
+                      ) -> Retrieved:
+        """C-MOVE one instance (IMAGE level) to ``destination_ae`` (default: ours)."""
+        identifier = _study_identifier(uids[0])
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.SeriesInstanceUID, identifier.SOPInstanceUID = uids[1], uids[2]
+        final = None
+        with self._association([StudyRootQueryRetrieveInformationModelMove]) as assoc:
+            for status, _ in assoc.send_c_move(identifier, destination_ae or self.calling_ae,
+                                               StudyRootQueryRetrieveInformationModelMove):
+                final = status
+        return self._counts("C-MOVE", uids[2], final)
+
+    def move(self, study_uid: str, destination_ae: str | None = None) -> Retrieved:
+        """C-MOVE a study to ``destination_ae`` (default: the node's own AE title, so it
+        arrives through the node's C-STORE listener)."""
+        identifier = _study_identifier(study_uid)
+        final = None
+        with self._association([StudyRootQueryRetrieveInformationModelMove]) as assoc:
+            for status, _ in assoc.send_c_move(identifier, destination_ae or self.calling_ae,
+                                               StudyRootQueryRetrieveInformationModelMove):
+                final = status
+        return self._counts("C-MOVE", study_uid, final)
+
+    def get_instance(self, uids: tuple[str, str, str], receiver: Receiver) -> Retrieved:
+        """C-GET one instance (IMAGE level) through ``receiver``."""
+        identifier = _study_identifier(uids[0])
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.SeriesInstanceUID, identifier.SOPInstanceUID = uids[1], uids[2]
+        return self._get(identifier, uids[2], receiver)
+
+    def get(self, study_uid: str, receiver: Receiver) -> Retrieved:
+        """C-GET a study over one association; each instance goes through ``receiver``
+        (the checks and durable ingest of a C-STORE) before it is acknowledged."""
+        return self._get(_study_identifier(study_uid), study_uid, receiver)
+
+    def _get(self, identifier: Dataset, what: str, receiver: Receiver) -> Retrieved:
+
+        def store(event: Event) -> int:
+            try:
+                path = receiver.store.incoming_path()
+                path.write_bytes(event.encoded_dataset())  # preamble, file meta, data set
+                try:
+                    meta = receiver.validate(path)
+                    receiver.store_instance(path, meta, calling_ae=self.remote.ae_title[:16])
+                finally:
+                    path.unlink(missing_ok=True)
+            except Refused as exc:
+                log.warning("C-GET from %s: instance refused (0x%04X): %s", self.remote.name,
+                            exc.status, exc)
+                return exc.status
+            except Exception as exc:  # noqa: BLE001 - a failed sub-operation, reported
+                log.error("C-GET from %s: cannot store an instance: %s", self.remote.name,
+                          type(exc).__name__)
+                return _OUT_OF_RESOURCES
+            return 0x0000
+
+        final = None
+        with self._association([StudyRootQueryRetrieveInformationModelGet, *_GET_STORAGE],
+                               roles=_GET_STORAGE,
+                               handlers=[(evt.EVT_C_STORE, store)]) as assoc:
+            for status, _ in assoc.send_c_get(identifier,
+                                              StudyRootQueryRetrieveInformationModelGet):
+                final = status
+        return self._counts("C-GET", what, final)
+
+    def _counts(self, what: str, study_uid: str, final: Dataset | None) -> Retrieved:
+        code = getattr(final, "Status", None)
+        counts = Retrieved(*(int(getattr(final, f"NumberOf{k}Suboperations", 0) or 0)
+                             for k in ("Completed", "Failed", "Warning")))
+        if code not in (0x0000, 0xB000) or (counts.completed + counts.warning == 0):
+            raise ArchiveError(f"{self.remote.name}: {what} of study {study_uid} failed "
+                               f"({_status(final)}; {counts.completed} completed, "
+                               f"{counts.failed} failed)")
+        return counts
+
+
+def _study_identifier(study_uid: str) -> Dataset:
+    if not is_valid_uid(study_uid):
+        raise ArchiveError(f"not a valid Study Instance UID: {study_uid[:64]!r}")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    return identifier
+
+
+def _status(status: Dataset | None) -> str:
+    code = getattr(status, "Status", None)
+    if code is None:  # pynetdicom's empty answer: aborted, or timed out
+        return ("no answer: the remote aborted or did not reply; does it list our AE "
+                "title among its modalities?")
+    return f"status 0x{int(code):04X}"
