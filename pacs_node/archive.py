@@ -1,23 +1,30 @@
-"""Query/retrieve SCU toward a remote archive (issue 15, items 1-2): what archive
-re-processing asks of a hospital PACS.
+"""Query/retrieve SCU toward a remote archive (issue 15, items 1-2): what archive re-processing
+asks of a hospital PACS.
 
 Study Root C-FIND at STUDY level by accession number, or by a StudyDate range and
-ModalitiesInStudy (CR, DX); a body part narrows the answer with one SERIES-level C-FIND
-per study (BodyPartExamined is a series attribute). Retrieval is C-MOVE to the node's own
-AE title (the default: most hospital PACS offer it, and the instances then arrive through
-the node's C-STORE listener like any others) or C-GET over the same association, whose
-instances go through the same checks and durable ingest as a C-STORE
-(:class:`pacs_node.receive.Receiver`). Every answer a peer sends is bounded (matches per
-query, sub-operations counted, never trusted for a path).
-"""
+ModalitiesInStudy (CR, DX); a body part narrows the answer with one SERIES-level C-FIND per
+study (BodyPartExamined is a series attribute). Retrieval is C-MOVE to the node's own AE
+title (the default: most hospital PACS offer it, and the instances then arrive through the
+node's C-STORE listener like any others) or C-GET over the same association, whose instances
+go through the same checks and durable ingest as a C-STORE
+(:class:`pacs_node.receive.Receiver`); or, for an archive that speaks DICOMweb, QIDO-RS and
+WADO-RS (:class:`DicomwebArchive`), its parts streamed to disk and stored the same way.
+Every answer a peer sends is bounded (matches per query, sub-operations counted, never
+trusted for a path)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -36,7 +43,7 @@ from storage import is_valid_uid
 from .config import Remote
 from .receive import Receiver, Refused
 
-__all__ = ["ArchiveClient", "ArchiveError", "Retrieved", "StudyRef"]
+__all__ = ["ArchiveClient", "ArchiveError", "DicomwebArchive", "Retrieved", "StudyRef"]
 
 log = logging.getLogger(__name__)
 
@@ -315,3 +322,185 @@ def _status(status: Dataset | None) -> str:
         return ("no answer: the remote aborted or did not reply; does it list our AE "
                 "title among its modalities?")
     return f"status 0x{int(code):04X}"
+
+
+class DicomwebArchive:
+    """The node as a DICOMweb client of an archive (``remotes[].retrieve: dicomweb``):
+    QIDO-RS to find studies (same filters as :meth:`ArchiveClient.find_studies`), WADO-RS
+    to retrieve one as ``multipart/related; type="application/dicom"``, streamed part by
+    part to files under the store's ``.incoming`` (never held whole in memory), then
+    checked and stored like a STOW-RS part.
+
+    Args:
+        url: the archive's DICOMweb root (e.g. ``http://pacs:8042/dicom-web``).
+        token: a bearer token, when the archive asks for one.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0,
+                 name: str = "remote") -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.name = name
+
+    def _open(self, path: str, accept: str) -> Any:
+        headers = {"Accept": accept, "User-Agent": "pacs-node"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only
+        except urllib.error.HTTPError as exc:
+            raise ArchiveError(f"{self.name}: {path.split('?')[0]} answered HTTP {exc.code}"
+                               ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ArchiveError(f"{self.name}: cannot reach {self.url}: "
+                               f"{getattr(exc, 'reason', exc)}") from None
+
+    def _qido(self, path: str, params: dict[str, str], limit: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        while True:
+            page = {**params, "limit": "1000", "offset": str(len(found))}
+            with self._open(f"{path}?{urlencode(page)}", "application/dicom+json") as answer:
+                body = answer.read(64 * 1024 * 1024 + 1)
+            if len(body) > 64 * 1024 * 1024:
+                raise ArchiveError(f"{self.name}: a QIDO-RS answer over 64 MiB")
+            batch = json.loads(body) if body.strip() else []
+            if not isinstance(batch, list):
+                raise ArchiveError(f"{self.name}: QIDO-RS answered no list")
+            found += [item for item in batch if isinstance(item, dict)]
+            if len(found) > limit:
+                raise ArchiveError(f"{self.name}: more than {limit} matches; narrow the "
+                                   "query (date range, accession list)")
+            if len(batch) < 1000:
+                return found
+
+    def find_studies(self, *, accession: str | None = None, date_from: str = "",
+                     date_to: str = "", modalities: Sequence[str] = (),
+                     body_part: str | None = None, limit: int = MAX_MATCHES
+                     ) -> list[StudyRef]:
+        """QIDO-RS ``/studies``; ``body_part``: a ``/studies/{uid}/series`` query each."""
+        params = {"includefield": "00080061,00080050,00080020"}
+        if accession:
+            params["AccessionNumber"] = accession
+        if date_from or date_to:
+            params["StudyDate"] = f"{date_from}-{date_to}"
+        studies: dict[str, StudyRef] = {}
+        for modality in modalities or [""]:  # one query per modality: any of them
+            query = {**params, **({"ModalitiesInStudy": modality} if modality else {})}
+            for item in self._qido("/studies", query, limit):
+                uid = _json_value(item, "0020000D")
+                if not is_valid_uid(uid):
+                    continue
+                studies[uid] = StudyRef(
+                    uid, _json_value(item, "00080050")[:16], _json_value(item, "00080020")[:8],
+                    tuple(m for m in _json_value(item, "00080061", all_values=True).split("\\")
+                          if m))
+        if body_part:
+            wanted = body_part.upper()
+            studies = {uid: ref for uid, ref in studies.items() if any(
+                _json_value(item, "00180015").upper() == wanted for item in self._qido(
+                    f"/studies/{uid}/series",
+                    {"BodyPartExamined": wanted, "includefield": "00180015"}, MAX_MATCHES))}
+        return sorted(studies.values(), key=lambda s: (s.study_date, s.study_instance_uid))
+
+    def first_instance(self) -> tuple[str, str, str] | None:
+        """Any one instance the archive holds (study, series, SOP Instance UIDs): two
+        QIDO-RS queries of one answer each."""
+        with self._open("/studies?limit=1", "application/dicom+json") as answer:
+            studies = json.loads(answer.read(1 << 20) or b"[]")
+        study = _json_value(studies[0], "0020000D") if studies else ""
+        if not is_valid_uid(study):
+            return None
+        with self._open(f"/studies/{quote(study, safe='')}/instances?limit=1",
+                        "application/dicom+json") as answer:
+            instances = json.loads(answer.read(1 << 20) or b"[]")
+        if not instances:
+            return None
+        series, sop = (_json_value(instances[0], tag) for tag in ("0020000E", "00080018"))
+        return (study, series, sop) if is_valid_uid(series) and is_valid_uid(sop) else None
+
+    def retrieve_instance(self, uids: tuple[str, str, str], receiver: Receiver) -> Retrieved:
+        """WADO-RS of one instance, checked and stored."""
+        for uid in uids:
+            _study_identifier(uid)  # valid UIDs before they go into a URL
+        study, series, sop = (quote(uid, safe="") for uid in uids)
+        return self._retrieve(f"/studies/{study}/series/{series}/instances/{sop}", uids[0],
+                              receiver)
+
+    def retrieve(self, study_uid: str, receiver: Receiver) -> Retrieved:
+        """WADO-RS ``/studies/{uid}`` as stored, each part checked and stored."""
+        _study_identifier(study_uid)  # a valid UID before it goes into a URL
+        return self._retrieve(f"/studies/{quote(study_uid, safe='')}", study_uid, receiver)
+
+    def _retrieve(self, path: str, study_uid: str, receiver: Receiver) -> Retrieved:
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        with self._open(path, accept) as answer:
+            kind, _, rest = answer.headers.get("Content-Type", "").partition(";")
+            boundary = next((p.split("=", 1)[1].strip().strip('"') for p in rest.split(";")
+                             if p.strip().lower().startswith("boundary=")), "")
+            if kind.strip().lower() != "multipart/related" or not boundary:
+                raise ArchiveError(f"{self.name}: WADO-RS answered {kind or 'nothing'}, "
+                                   "not multipart/related with a boundary")
+            paths = self._parts(answer, boundary, receiver)
+        completed = failed = 0
+        try:
+            valid = []
+            for path in paths:
+                try:
+                    valid.append((path, receiver.validate(path, study=study_uid)))
+                except Refused as exc:
+                    failed += 1
+                    log.warning("WADO-RS from %s: part refused (0x%04X): %s", self.name,
+                                exc.status, exc)
+            for outcome in receiver.store_many(valid, calling_ae=f"WADO-RS {self.name}"[:16]):
+                if isinstance(outcome, Refused):
+                    failed += 1
+                else:
+                    completed += 1
+        finally:
+            for path in paths:
+                path.unlink(missing_ok=True)
+        if completed == 0:
+            raise ArchiveError(f"{self.name}: WADO-RS of study {study_uid} stored nothing "
+                               f"({failed} parts refused)")
+        return Retrieved(completed, failed, 0)
+
+    def _parts(self, answer: Any, boundary: str, receiver: Receiver) -> list[Path]:
+        """The answer's parts streamed into files under the store's .incoming folder."""
+        from python_multipart.multipart import MultipartParser
+
+        paths: list[Path] = []
+        handle: list[Any] = []
+
+        def begin() -> None:
+            if len(paths) >= 100_000:
+                raise ArchiveError(f"{self.name}: more than 100,000 parts in one study")
+            paths.append(receiver.store.incoming_path())
+            handle.append(paths[-1].open("xb"))
+
+        def data(chunk: bytes, start: int, end: int) -> None:
+            handle[-1].write(chunk[start:end])
+
+        def end() -> None:
+            handle.pop().close()
+
+        parser = MultipartParser(boundary, {"on_part_begin": begin,  # type: ignore[arg-type]
+                                            "on_part_data": data, "on_part_end": end})
+        try:
+            while chunk := answer.read(1 << 20):
+                parser.write(chunk)
+            parser.finalize()
+        except BaseException:
+            for file in handle:
+                file.close()
+            for path in paths:
+                path.unlink(missing_ok=True)
+            raise
+        return paths
+
+
+def _json_value(item: dict[str, Any], tag: str, *, all_values: bool = False) -> str:
+    values = (item.get(tag) or {}).get("Value") or []
+    texts = [str(v.get("Alphabetic", "")) if isinstance(v, dict) else str(v) for v in values]
+    return "\\".join(texts) if all_values else (texts[0] if texts else "")

@@ -646,7 +646,7 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
 
     from storage import InstanceRepository
 
-    from .archive import ArchiveClient, ArchiveError
+    from .archive import ArchiveClient, ArchiveError, DicomwebArchive
     from .receive import Receiver
     from .tls import destination_contexts
 
@@ -659,6 +659,8 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
     contexts = destination_contexts([remote], section="remotes") if remote.tls.enabled else {}
     client = ArchiveClient(remote, calling_ae=settings.node.ae_title,
                            tls_context=contexts.get(remote.name))
+    web = (DicomwebArchive(remote.url, token=remote.token, name=remote.name)
+           if remote.retrieve == "dicomweb" and remote.url else None)
     failed = False
     out = Console()  # the verdicts are the command's output: stdout
 
@@ -668,31 +670,36 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
         out.print(f"{step}: {'[green]ok[/green]' if ok else '[red]FAILED[/red]'}: {text}",
                   highlight=False, soft_wrap=True)
 
+    find = "QIDO-RS" if web is not None else "C-FIND"
+    if web is None:
+        try:
+            client.echo()
+            verdict("C-ECHO", True, f"{remote.ae_title}@{remote.host}:{remote.port} answers")
+        except ArchiveError as exc:
+            verdict("C-ECHO", False, str(exc))
+            raise typer.Exit(1) from None
     try:
-        client.echo()
-        verdict("C-ECHO", True, f"{remote.ae_title}@{remote.host}:{remote.port} answers")
+        found = web.first_instance() if web is not None else client.first_instance()
     except ArchiveError as exc:
-        verdict("C-ECHO", False, str(exc))
-        raise typer.Exit(1) from None
-    try:
-        found = client.first_instance()
-    except ArchiveError as exc:
-        verdict("C-FIND", False, str(exc))
+        verdict(find, False, str(exc))
         raise typer.Exit(1) from None
     if found is None:
-        verdict("C-FIND", False, "the archive answered no instance (is it empty?)")
+        verdict(find, False, "the archive answered no instance (is it empty?)")
         raise typer.Exit(1)
-    verdict("C-FIND", True, f"one instance found: {found[2]} (study {found[0]})")
+    verdict(find, True, f"one instance found: {found[2]} (study {found[0]})")
     storage = _storage_for(config)
+    step = "WADO-RS" if web is not None else remote.retrieve.upper()
     try:
-        if remote.retrieve == "c-get":
-            counts = client.get_instance(found, Receiver(storage.store, storage.sessions))
+        receiver = Receiver(storage.store, storage.sessions)
+        if web is not None:
+            counts = web.retrieve_instance(found, receiver)
+        elif remote.retrieve == "c-get":
+            counts = client.get_instance(found, receiver)
         else:
             counts = client.move_instance(found)
-        where = ("into this node's store" if remote.retrieve == "c-get"
-                 else f"to {settings.node.ae_title}")
-        verdict(remote.retrieve.upper(), True, f"the remote sent {counts.completed} "
-                f"instance(s) {where}")
+        where = (f"to {settings.node.ae_title}" if remote.retrieve == "c-move"
+                 else "into this node's store")
+        verdict(step, True, f"the remote sent {counts.completed} instance(s) {where}")
         deadline = time.monotonic() + 15
         while True:
             with storage.sessions() as session:
@@ -705,7 +712,7 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
                 f"{remote.ae_title} know {settings.node.ae_title} at "
                 f"{settings.node.dimse_host}:{settings.node.dimse_port}?")
     except ArchiveError as exc:
-        verdict(remote.retrieve.upper(), False, str(exc))
+        verdict(step, False, str(exc))
     finally:
         storage.engine.dispose()
     if failed:

@@ -251,10 +251,21 @@ class Remote(_Section):
     port: int = Field(ge=1, le=65535)
     tls: DestinationTls = Field(default_factory=DestinationTls)
     # How the node pulls studies from this remote as an archive (pacs_node.archive):
-    # c-move to the node's own AE title (the PACS must know it), or c-get.
-    retrieve: Literal["c-move", "c-get"] = "c-move"
+    # c-move to the node's own AE title (the PACS must know it), c-get, or dicomweb
+    # (QIDO-RS + WADO-RS at ``url``, with ``token`` as a bearer token if it asks for one).
+    retrieve: Literal["c-move", "c-get", "dicomweb"] = "c-move"
+    url: str | None = None
+    token: str | None = Field(None, repr=False)
 
     _check_ae = field_validator("ae_title")(_ae_title)
+
+    @model_validator(mode="after")
+    def _dicomweb_url(self) -> Remote:
+        if self.url is not None and not self.url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"remotes[{self.name}].url must be an http:// or https:// URL")
+        if self.retrieve == "dicomweb" and not self.url:
+            raise ValueError(f"remotes[{self.name}] retrieves by dicomweb but has no url")
+        return self
 
 
 class DeliverySettings(_Section):

@@ -15,7 +15,7 @@ import pydicom
 import yaml
 
 from models.synth import generate_dataset, read_manifest
-from pacs_node.archive import ArchiveClient, ArchiveError
+from pacs_node.archive import ArchiveClient, ArchiveError, DicomwebArchive
 from pacs_node.config import Remote
 from pacs_node.receive import Receiver
 from storage import FileStore, InstanceRepository, create_engine_for, migrate, session_factory
@@ -157,3 +157,50 @@ def test_the_remote_test_says_which_step_failed(tmp_path: Path, orthanc: Orthanc
         raise AssertionError("a C-ECHO to a closed port succeeded")
     except ArchiveError as exc:
         assert "no association" in str(exc)
+
+
+def test_queries_and_a_pull_over_dicomweb(tmp_path: Path, orthanc: Orthanc) -> None:
+    """Orthanc's DICOMweb plugin as the archive: QIDO-RS finds, WADO-RS brings the study
+    as stored, each part through the node's checks into its store."""
+    studies = _fill(orthanc, tmp_path / "synth")
+    archive = DicomwebArchive(f"http://127.0.0.1:{orthanc.http_port}/dicom-web", name="pacs")
+    by_accession = {str(h[0].AccessionNumber): uid for uid, h in studies.items()}
+    accession, uid = sorted(by_accession.items())[2]
+    (found,) = archive.find_studies(accession=accession)
+    assert (found.study_instance_uid, found.accession_number) == (uid, accession)
+    got = archive.find_studies(date_from="20210101", date_to="20221231", modalities=["CR", "DX"])
+    assert sorted(s.study_instance_uid for s in got) == sorted(
+        u for u, h in studies.items() if "20210101" <= h[0].StudyDate <= "20221231")
+    wrists = archive.find_studies(body_part="WRIST")
+    assert [s.study_instance_uid for s in wrists] == [
+        u for u, h in studies.items() if h[0].BodyPartExamined == "WRIST"]
+
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'index.db'}")
+    migrate(engine)
+    sessions = session_factory(engine)
+    store = FileStore(tmp_path / "store")
+    counts = archive.retrieve(uid, Receiver(store, sessions))
+    assert (counts.completed, counts.failed) == (len(studies[uid]), 0)
+    with sessions() as session:
+        held = {i.sop_instance_uid: i.relpath
+                for i in InstanceRepository(session).for_study(uid)}
+    engine.dispose()
+    assert set(held) == {str(h.SOPInstanceUID) for h in studies[uid]}
+    assert not list((store.root / ".incoming").glob("*"))  # the parts were moved or removed
+    try:
+        archive.retrieve("1.2.3.999", Receiver(store, session_factory(
+            create_engine_for(f"sqlite:///{tmp_path / 'index.db'}"))))
+        raise AssertionError("a study the archive does not hold was retrieved")
+    except ArchiveError as exc:
+        assert "HTTP 404" in str(exc) or "stored nothing" in str(exc)
+
+
+def test_the_remote_test_of_a_dicomweb_archive(tmp_path: Path, orthanc: Orthanc) -> None:
+    _fill(orthanc, tmp_path / "synth")
+    node = _node_with(tmp_path, orthanc, "dicomweb")
+    node.settings["remotes"][0]["url"] = f"http://127.0.0.1:{orthanc.http_port}/dicom-web"
+    node.config.write_text(yaml.safe_dump(node.settings))
+    answer = _remote_test(node)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    for step in ("QIDO-RS: ok", "WADO-RS: ok", "stored: ok"):
+        assert step in answer.stdout, answer.stdout
