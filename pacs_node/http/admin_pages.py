@@ -1,7 +1,7 @@
 """The admin pages: the worklist at ``/``, a study at ``/studies/{uid}``, the queues at
-``/queues``. Each is a small server-rendered shell; ``admin.js`` (served by the node from
-``pacs_node/http/admin/``, no build step, no CDN) fills it from ``/api/v1`` and acts
-through it.
+``/queues``, the re-processing batches at ``/batches``. Each is a small server-rendered
+shell; ``admin.js`` (served by the node from ``pacs_node/http/admin/``, no build step, no
+CDN) fills it from ``/api/v1`` and acts through it.
 
 With ``http.auth`` on, a browser that is not signed in is sent to ``/login``; one signed
 in with a token of another role gets a 403 page. The pages show accession numbers, never a
@@ -44,7 +44,8 @@ def _shell(title: str, page: str, *, study: str = "") -> HTMLResponse:
 <script src="{STATIC}/admin.js" defer></script></head>
 <body data-page="{page}" data-study="{html.escape(study)}">
 <header><strong>pacs-node</strong>
-<nav><a href="/">Worklist</a> <a href="/queues">Queues</a> <a href="/viewer/">Viewer</a>
+<nav><a href="/">Worklist</a> <a href="/queues">Queues</a> <a href="/batches">Batches</a>
+<a href="/viewer/">Viewer</a>
 <a href="/api/docs">API</a></nav>
 <form method="post" action="/api/v1/session/logout"><button type="submit">Sign out</button>
 </form></header>
@@ -87,6 +88,11 @@ def study_page(request: Request, study_uid: Annotated[str, Path(max_length=64)])
 @router.get("/queues")
 def queues_page(request: Request) -> Response:
     return _gate(request) or _shell("Queues", "queues")
+
+
+@router.get("/batches")
+def batches_page(request: Request) -> Response:
+    return _gate(request) or _shell("Batches", "batches")
 
 
 @router.get(STATIC + "/{name}")

@@ -25,7 +25,7 @@ from ..receive import Receiver
 from ..retrieve import RetrieveService
 from ..search import SearchService
 from ..worklist import WorklistService
-from . import admin_api, admin_pages, monitoring, qido, session, stow, viewer, wado
+from . import admin_api, admin_pages, batches_api, monitoring, qido, session, stow, viewer, wado
 from .auth import Permission, require
 
 __all__ = ["DICOMWEB_PREFIX", "create_app"]
@@ -125,6 +125,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], store: FileS
         max_attempts=settings.queue.max_attempts,
         max_interruptions=settings.queue.max_interruptions, dicomweb_prefix=DICOMWEB_PREFIX)
     app.include_router(admin_api.router)
+    app.include_router(batches_api.router)
     app.include_router(admin_pages.router)
     app.include_router(monitoring.router)
 

@@ -275,8 +275,88 @@ async function queuesPage() {
   setInterval(load, REFRESH_MS);
 }
 
+/* -- batches -------------------------------------------------------------------------- */
+
+const BATCH_REFRESH_MS = 5000;
+const BATCH_ACTIONS = [  // [label, path, the batch states it applies to]
+  ["Pause", "pause", ["querying", "running"]],
+  ["Resume", "resume", ["paused"]],
+  ["Cancel", "cancel", ["querying", "running", "paused"]],
+  ["Retry failed", "retry-failed", ["running", "paused", "done", "failed"]]];
+
+function batchProgress(p) {
+  const counts = Object.entries(p.counts).filter(([, n]) => n).map(([s, n]) => `${s} ${n}`);
+  return el("div", {class: "batch-progress"},
+    el("progress", {max: Math.max(p.total, 1), value: p.finished,
+                    "aria-label": `batch ${p.batch.id}: ${p.finished} of ${p.total} finished`}),
+    el("div", {text: `${p.finished} / ${p.total}`}),
+    el("div", {class: "muted", text: counts.join(" · ") || "no study yet"}));
+}
+
+function batchEta(p) {
+  if (p.eta_seconds !== null) return age(Math.round(p.eta_seconds)) +
+    (p.per_hour ? ` (${Math.round(p.per_hour)}/h)` : "");
+  if (!p.window_open) return `waiting for ${p.batch.window}`;
+  return "—";
+}
+
+async function batchesPage() {
+  const root = main();
+  const message = el("p", {id: "message", role: "status"});
+  const count = el("p", {class: "muted"});
+  const body = el("tbody");
+  root.append(message, count, el("table", {id: "batches"},
+    el("thead", {}, el("tr", {}, ["Batch", "Source", "Model", "Deliver", "State", "Progress",
+                                   "ETA", ""].map(h => el("th", {text: h})))), body));
+
+  async function act(label, id, path) {
+    const question = `Cancel batch ${id}? Studies not yet brought in are skipped.`;
+    if (path === "cancel" && !confirm(question)) return;
+    try {
+      await api(`/batches/${id}/${path}`, {method: "POST", json: {}});
+      message.textContent = `${label} batch ${id}: done`; message.className = "ok";
+    } catch (err) { message.textContent = `${label} batch ${id} failed: ${err.message}`;
+                    message.className = "error"; }
+    await load();
+  }
+
+  async function load() {
+    let data;
+    try { data = await api("/batches"); }
+    catch (err) { status(String(err.message || err), true); return; }
+    status("");
+    body.replaceChildren(...data.batches.map(p => {
+      const b = p.batch;
+      const criteria = Object.entries(b.criteria || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+      return el("tr", {"data-batch": b.id, class: `b-${b.state}`},
+        el("td", {}, el("strong", {text: `#${b.id}`}), " ", b.name || "",
+           el("div", {class: "muted", text: `by ${b.created_by || "?"}, ${when(b.created_at)}`})),
+        el("td", {}, b.source === "remote" ? `remote ${b.remote}` : "local",
+           criteria ? el("div", {class: "muted", text: criteria}) : null),
+        el("td", {text: b.models || b.model || "—"}),
+        el("td", {text: b.deliver}),
+        el("td", {}, el("span", {class: `state s-${b.state}`, text: b.state}),
+           b.reason ? el("div", {class: "muted", text: b.reason}) : null),
+        el("td", {}, batchProgress(p)),
+        el("td", {text: batchEta(p)}),
+        el("td", {class: "batch-actions"},
+          BATCH_ACTIONS.filter(([, path, states]) => states.includes(b.state) &&
+                               (path !== "retry-failed" || p.counts.failed || b.state === "failed"))
+            .map(([label, path]) => el("button", {type: "button", text: label,
+                                                  onclick: () => act(label, b.id, path)})),
+          el("a", {class: "button", href: `${API}/batches/${b.id}/export?format=csv`,
+                   download: `batch-${b.id}.csv`, text: "Export CSV"})));
+    }));
+    const n = data.batches.length;
+    count.textContent = `${n} batch${n === 1 ? "" : "es"}, refreshed ` +
+      `${new Date().toLocaleTimeString()} (create one with pacs-node batch create)`;
+  }
+  await load();
+  setInterval(load, BATCH_REFRESH_MS);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  const page = {worklist: worklistPage, study: studyPage, queues: queuesPage}[
-    document.body.dataset.page];
+  const page = {worklist: worklistPage, study: studyPage, queues: queuesPage,
+                batches: batchesPage}[document.body.dataset.page];
   if (page) page().catch(err => status(String(err.message || err), true));
 });
