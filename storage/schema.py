@@ -33,6 +33,10 @@ from .triage import PrioritySource, TriagePriority
 __all__ = [
     "ApiToken",
     "Base",
+    "Batch",
+    "BatchItem",
+    "BatchState",
+    "ItemState",
     "Export",
     "ExportState",
     "Instance",
@@ -97,6 +101,33 @@ class TokenRole(StrEnum):
 class ExportState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
+    FAILED = "failed"
+
+
+class BatchState(StrEnum):
+    """A re-processing batch: ``querying`` (asking the remote which studies match),
+    ``running``, ``paused`` (by an operator), ``cancelled``, ``done`` (every item done,
+    skipped or failed) or ``failed`` (its query could not be answered)."""
+
+    QUERYING = "querying"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ItemState(StrEnum):
+    """One study of a batch: pending -> querying (an accession to resolve) -> retrieving
+    -> settled (its job is queued) -> processing -> done; or skipped or failed, with why."""
+
+    PENDING = "pending"
+    QUERYING = "querying"
+    RETRIEVING = "retrieving"
+    SETTLED = "settled"
+    PROCESSING = "processing"
+    DONE = "done"
+    SKIPPED = "skipped"
     FAILED = "failed"
 
 
@@ -227,6 +258,9 @@ class Job(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     # The queue lane (storage.triage: 0 urgent, 1 live, 2 batch), served in that order.
     lane: Mapped[int] = mapped_column(default=1, server_default="1")
+    # The re-processing batch that made this job (its model and delivery), None when live.
+    batch_id: Mapped[int | None] = mapped_column(
+        Id, ForeignKey("batches.id", ondelete="SET NULL"), index=True)
 
     study: Mapped[Study] = relationship(foreign_keys=[study_id])
 
@@ -347,3 +381,61 @@ class Notification(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+
+class Batch(Base):
+    """A re-processing run over many studies (pacs_node.batches): where they come from
+    (``source`` remote with ``remote``, or local), which (``criteria``), with which model
+    and where its results go (``deliver``: none, destinations or folder:PATH)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (CheckConstraint(_one_of("state", BatchState), name="state"),
+                      CheckConstraint("source IN ('remote', 'local')", name="source"))
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    source: Mapped[str] = mapped_column(String(16))
+    remote: Mapped[str | None] = mapped_column(String(64))
+    criteria: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # A checkpoint path or "demo" (None: the configured routes), and the models it names
+    # as "name version" pairs (what --skip-done compares).
+    model: Mapped[str | None] = mapped_column(String(512))
+    model_key: Mapped[str] = mapped_column(String(512), default="")
+    deliver: Mapped[str] = mapped_column(String(600), default="none")
+    skip_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_retrieves: Mapped[int] = mapped_column(default=2)
+    window: Mapped[str | None] = mapped_column(String(16))  # "HH:MM-HH:MM", local time
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.RUNNING, index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    query_attempts: Mapped[int] = mapped_column(default=0)
+    next_query_at: Mapped[datetime | None]
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class BatchItem(Base):
+    """One study of a batch and how far it got (:class:`ItemState`), with why when it
+    was skipped or failed; ``job_id`` is the job the batch made for it."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (CheckConstraint(_one_of("state", ItemState), name="state"),
+                      UniqueConstraint("batch_id", "study_instance_uid"),
+                      Index("ix_batch_items_batch_id_state", "batch_id", "state"),
+                      Index("ix_batch_items_study_instance_uid_state",
+                            "study_instance_uid", "state"))
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(Id, ForeignKey("batches.id", ondelete="CASCADE"))
+    # The accession asked for (an accession list), and the study: None until resolved.
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=ItemState.PENDING)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    job_id: Mapped[int | None] = mapped_column(Id, ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]

@@ -260,3 +260,14 @@ def redis_url_factory(redis_server: tuple[str, int]) -> Iterator[Callable[[], st
 def postgres_url_factory(make_postgres_database: Callable[[], str]) -> Callable[[], str]:
     """Fresh empty PostgreSQL databases (the node migrates them itself)."""
     return make_postgres_database
+
+
+@pytest.fixture
+def node_storage(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """(FileStore, sessionmaker) over a fresh SQLite index (the pipeline and batch tests)."""
+    from storage import FileStore, create_engine_for, migrate, session_factory
+
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'index.db'}")
+    migrate(engine)
+    yield FileStore(tmp_path / "store"), session_factory(engine)
+    engine.dispose()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import re
 import threading
 import time
@@ -43,6 +44,7 @@ from models.findings import reported_findings as shown_findings
 from models.preprocess import PreparedView, body_part_of
 from models.registry import DEMO_WEIGHTS, FractureModel, ViewPrediction, load_model
 from storage import (
+    BatchRepository,
     ExportRepository,
     FileStore,
     InstanceMeta,
@@ -62,8 +64,10 @@ from storage import (
     run_write,
     too_large,
 )
+from storage._db import utcnow
 from storage.repositories import Control, ControlRepository
 
+from .batch_options import BatchOptions
 from .metrics import instruments
 from .results import (
     AlgorithmInfo,
@@ -102,6 +106,26 @@ class JobFailed(RuntimeError):
         super().__init__(f"job {job_id}: {message}")
         self.job_id = job_id
         self.retry = retry
+
+
+@dataclass(frozen=True)
+class _Claim:
+    attempt: int
+    study_uid: str
+    requested: str | None  # the sender's urgency (storage.triage)
+    batch: BatchOptions | None  # the batch the job was made for; None: a live study
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """Where one job's results go: the destinations (and those that get a rejection note
+    for what they received before), whether a HIGH result owes a webhook call, and a
+    folder (a batch's ``--deliver folder:PATH``)."""
+
+    destinations: tuple[str, ...]
+    withdraw: tuple[str, ...]
+    notify_high: bool
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +258,23 @@ class _Group:
     views: list[tuple[ViewHeader, pydicom.Dataset, PreparedView]] = field(default_factory=list)
 
 
+def _write_to_folder(folder: Path, staged: Sequence[tuple[InstanceMeta, StagedFile]]) -> None:
+    """Copy a job's results into ``folder``/study/series/SOP.dcm (a batch's
+    ``--deliver folder:PATH``), each through a temp file, fsync and rename: a retried job
+    writes the same names (its UIDs derive from the job), so nothing appears twice."""
+    for meta, file in staged:
+        target = (folder / meta.study_instance_uid / meta.series_instance_uid
+                  / f"{meta.sop_instance_uid}.dcm")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.tmp")
+        with open(file.temp_path, "rb") as source, open(temp, "wb") as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+
+
 def _to_bytes(ds: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -261,10 +302,10 @@ class StudyPipeline:
         claimed = run_write(self.sessions, lambda s: self._claim(s, job_id))
         if claimed is None:
             return "skipped"
-        attempt, study_uid, requested = claimed
+        attempt = claimed.attempt
         try:
             with _Heartbeat(self.sessions, job_id, attempt, self.options.lease_seconds):
-                return self._process(job_id, attempt, study_uid, requested)
+                return self._process(job_id, claimed)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
             message = _failure_text(exc)
             # The exception's text can quote data element values (a patient name, a date):
@@ -284,16 +325,35 @@ class StudyPipeline:
             retry = run_write(self.sessions, fail)
             raise JobFailed(job_id, message, retry=retry) from exc
 
-    def _claim(self, session: Session, job_id: int) -> tuple[int, str, str | None] | None:
+    def _claim(self, session: Session, job_id: int) -> _Claim | None:
         if ControlRepository(session).paused(Control.PROCESSING):
             return None  # an admin paused processing: the job waits, queued, for resume
-        job = JobRepository(session).claim(job_id, lease_seconds=self.options.lease_seconds)
+        jobs = JobRepository(session)
+        queued = jobs.get(job_id)
+        batch = None
+        if queued is not None and queued.batch_id is not None:
+            row = BatchRepository(session).get(queued.batch_id)
+            batch = BatchOptions.of(row) if row is not None else None
+            if batch is not None and not batch.may_run(utcnow()):
+                # Paused, or outside its off-peak window: the job waits, queued; the batch
+                # runner wakes it when the batch may run again.
+                return None
+        job = jobs.claim(job_id, lease_seconds=self.options.lease_seconds)
         if job is None:
             return None
         study = StudyRepository(session).get_by_id(job.study_id)
         if study is None:
             return None
-        return job.attempts, study.study_instance_uid, study.requested_priority
+        return _Claim(job.attempts, study.study_instance_uid, study.requested_priority, batch)
+
+    def _delivery(self, batch: BatchOptions | None) -> _Delivery:
+        """A live study's results go to every destination; a batch's only with
+        ``--deliver destinations`` (retrospective results stay off the clinical PACS
+        unless asked), or into its folder."""
+        o = self.options
+        if batch is None or batch.delivers:
+            return _Delivery(o.destinations, o.withdraw_destinations, o.notify_high)
+        return _Delivery((), (), False, batch.folder)
 
     def _stored_instances(self, study_uid: str) -> list[_Stored]:
         with self.sessions() as session:
@@ -303,7 +363,8 @@ class StudyPipeline:
                 for i in InstanceRepository(session).for_study(study_uid)
             ]
 
-    def _select(self, instances: list[_Stored]) -> tuple[dict[str, _Group], list[SkippedView]]:
+    def _select(self, instances: list[_Stored], routes: Sequence[RouteLike]
+                ) -> tuple[dict[str, _Group], list[SkippedView]]:
         groups: dict[str, _Group] = {}
         skipped: list[SkippedView] = []
         for item in instances:
@@ -325,7 +386,7 @@ class StudyPipeline:
                                or header.get("Laterality", "") or ""),
                 produced=str(header.get("Manufacturer", "")) == "pacs-node",
             )
-            routing = route_for(view, self.options.routes, self.models.scope_of)
+            routing = route_for(view, routes, self.models.scope_of)
             route = routing.route
             if route is None:
                 if routing.reason:
@@ -364,9 +425,11 @@ class StudyPipeline:
                             type(exc).__name__)
         return headers
 
-    def _process(self, job_id: int, attempt: int, study_uid: str,
-                 requested: str | None = None) -> str:
-        groups, skipped = self._select(self._stored_instances(study_uid))
+    def _process(self, job_id: int, claim: _Claim) -> str:
+        attempt, study_uid, requested = claim.attempt, claim.study_uid, claim.requested
+        routes = claim.batch.routes(self.options.routes) if claim.batch else self.options.routes
+        delivery = self._delivery(claim.batch)
+        groups, skipped = self._select(self._stored_instances(study_uid), routes)
         previous = self._previous_results(study_uid, job_id)
         previous_srs = [ds for ds in previous if str(ds.SOPClassUID) == _SR_CLASS]
         outputs: list[pydicom.Dataset] = []
@@ -404,8 +467,9 @@ class StudyPipeline:
                     result, algorithm, job_key=job_key, series_number=9002 + 2 * index,
                     on_error=overlay_failed))
             studies.append((f"{model.metadata.name} {model.metadata.version}", result))
+        models = [(m.metadata.name, m.metadata.version) for _, m, _ in judged]
         rejection = None
-        if previous and self.options.withdraw_destinations:
+        if previous and delivery.withdraw:
             rejection = build_rejection_note(
                 previous, job_key=f"pacs-node:{study_uid}:job-{job_id}")
 
@@ -417,9 +481,12 @@ class StudyPipeline:
                 staged.append((meta, self.store.stage(
                     meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid,
                     data)))
+            if delivery.folder is not None:
+                _write_to_folder(delivery.folder, staged[:len(outputs)])
             return self._complete(job_id, attempt, studies, skipped, staged,
                                   with_rejection=rejection is not None, triage=triage,
-                                  synthetic=any(m.metadata.synthetic_demo for _, m, _ in judged))
+                                  synthetic=any(m.metadata.synthetic_demo for _, m, _ in judged),
+                                  delivery=delivery, used_models=models)
         finally:
             for _, file in staged:
                 self.store.discard(file)
@@ -451,7 +518,8 @@ class StudyPipeline:
     def _complete(self, job_id: int, attempt: int, studies: list[tuple[str, StudyResult]],
                   skipped: list[SkippedView], staged: list[tuple[InstanceMeta, StagedFile]],
                   *, with_rejection: bool, triage: tuple[TriagePriority, str],
-                  synthetic: bool = False) -> str:
+                  delivery: _Delivery, synthetic: bool = False,
+                  used_models: Sequence[tuple[str, str]] = ()) -> str:
         """One transaction: complete the job, index its results, supersede the earlier
         ones, queue the exports. Nothing is indexed when the job was superseded."""
         results = staged[:-1] if with_rejection else staged
@@ -472,7 +540,7 @@ class StudyPipeline:
         else:
             reason = None
         summary["reason"] = reason
-        destinations = self.options.destinations
+        destinations = delivery.destinations
 
         def complete(session: Session) -> int | None:
             result = JobRepository(session).complete(
@@ -481,7 +549,7 @@ class StudyPipeline:
                 positive=best.positive if best else None,
                 aggregation=best.aggregation if best else self.options.aggregation,
                 threshold=self.options.threshold, summary=summary, reason=reason,
-                views_analysed=views_analysed, views_total=views_total)
+                views_analysed=views_analysed, views_total=views_total, models=used_models)
             if result is None:
                 return None
             instances = InstanceRepository(session)
@@ -501,7 +569,7 @@ class StudyPipeline:
             if with_rejection:
                 # Only where the superseded results went: elsewhere there is nothing to hide.
                 sent = exports.sent_destinations(replaced)
-                targets = [d for d in self.options.withdraw_destinations if d in sent]
+                targets = [d for d in delivery.withdraw if d in sent]
                 if targets:
                     meta, file = staged[-1]
                     index_staged(session, self.store, file, meta, overwrite=True,
@@ -514,7 +582,7 @@ class StudyPipeline:
             models = ", ".join(name for name, _ in studies) or "pacs-node"
             priority = repo.set_triage(result.study_id, triage[0], source=PrioritySource.RESULT,
                                        reason=triage[1], actor=models, job_id=job_id)
-            if priority is TriagePriority.HIGH and self.options.notify_high:
+            if priority is TriagePriority.HIGH and delivery.notify_high:
                 NotificationRepository(session).add(result.study_id, job_id, {
                     "event": "study.priority.high",
                     "study_instance_uid": study.study_instance_uid,
@@ -622,6 +690,9 @@ class StudyPipeline:
                 # Each view in the node's vocabulary, at the study threshold.
                 "states": {v.sop_instance_uid: _view_state(v, result.threshold)
                            for v in result.views},
+                # The regions a reader is shown (none on a negative or unanalysed view).
+                "findings": {v.sop_instance_uid: [f.to_dict() for f in v.prediction.findings]
+                             for v in result.views if v.prediction.findings},
             }
         return {
             "models": dict(models),

@@ -1,5 +1,6 @@
 """Repositories: all SQL of the index. Each takes a session; the caller commits."""
 
+from .batches import ACTIVE_ITEM_STATES, FINAL_ITEM_STATES, BatchRepository, ExportRow
 from .controls import Control, ControlRepository
 from .exports import ExportRepository
 from .instances import InstanceRepository, decide
@@ -32,6 +33,10 @@ from .worklist import (
 )
 
 __all__ = [
+    "ACTIVE_ITEM_STATES",
+    "FINAL_ITEM_STATES",
+    "BatchRepository",
+    "ExportRow",
     "INSTANCE_MATCHING_KEYS",
     "RELATIONAL_INSTANCE_KEYS",
     "RELATIONAL_SERIES_KEYS",

@@ -89,7 +89,8 @@ class JobRepository:
                  positive: bool | None, aggregation: str, threshold: float,
                  summary: Mapping[str, Any], reason: str | None = None,
                  views_analysed: int = 0, views_total: int = 0,
-                 attempt: int | None = None, now: datetime | None = None) -> Result | None:
+                 attempt: int | None = None, now: datetime | None = None,
+                 models: Sequence[tuple[str, str]] = ()) -> Result | None:
         """Finish a running job with its study result.
 
         A result with a probability is ``analysed``; one without (no view could be judged)
@@ -98,6 +99,8 @@ class JobRepository:
         Args:
             attempt: the ``attempts`` value returned by :meth:`claim`; when given, a worker
                 whose lease expired and whose job was claimed again cannot complete it.
+            models: ``(name, version)`` of each model that judged views, recorded on the
+                job (what a batch's ``--skip-done`` compares).
 
         Returns:
             The result row, or ``None`` when the job is no longer running under this
@@ -111,9 +114,11 @@ class JobRepository:
             raise ValueError(f"views_analysed {views_analysed} must lie in [0, {views_total}]")
         now = now or utcnow()
         fence = [Job.attempts == attempt] if attempt is not None else []
+        named = {"model_name": ", ".join(n for n, _ in models)[:128] or None,
+                 "model_version": ", ".join(v for _, v in models)[:64] or None} if models else {}
         job = self._update(job_id, Job.state == JobState.RUNNING, *fence,
                            state=JobState.DONE, finished_at=now, updated_at=now,
-                           lease_expires_at=None, last_error=None)
+                           lease_expires_at=None, last_error=None, **named)
         if job is None:
             return None
         probability = None if fracture_probability is None else float(fracture_probability)

@@ -21,7 +21,8 @@ from ..schema import (
     Study,
     StudyState,
 )
-from ..triage import PrioritySource, TriagePriority, floored, lane_for
+from ..triage import LANE_BATCH, PrioritySource, TriagePriority, floored, lane_for
+from .batches import BatchRepository
 
 __all__ = ["StudyListing", "StudyRepository"]
 
@@ -87,11 +88,13 @@ class StudyRepository:
 
     def settled(self, now: datetime, stable_seconds: float) -> Sequence[Study]:
         """Studies still ``receiving`` whose last instance arrived ``stable_seconds`` ago or
-        earlier, oldest first."""
+        earlier, oldest first; not those a batch is still bringing in (the batch settles
+        them when its retrieve has ended: :meth:`settle_for_batch`)."""
         cutoff = now - timedelta(seconds=stable_seconds)
         return self.session.scalars(
             select(Study).where(Study.state == StudyState.RECEIVING,
-                                Study.last_received_at <= cutoff)
+                                Study.last_received_at <= cutoff,
+                                ~BatchRepository(self.session).active_study_clause())
             .order_by(Study.last_received_at, Study.id)).all()
 
     def mark_settled_and_create_job(
@@ -130,9 +133,32 @@ class StudyRepository:
         return self._new_job(study, now=now or utcnow(), enqueued_at=None,
                              max_attempts=max_attempts, max_interruptions=max_interruptions)
 
+    def settle_for_batch(self, study: Study, batch_id: int, *, now: datetime | None = None,
+                         max_attempts: int = 3, max_interruptions: int = 20) -> Job:
+        """Mark ``study`` settled (its retrieve has ended: every instance is in) and queue a
+        job of batch ``batch_id`` for it in the batch lane, superseding earlier jobs. The
+        job counts as enqueued at ``now``; enqueue it after the commit."""
+        now = now or utcnow()
+        self.session.execute(update(Study).where(Study.id == study.id)
+                             .values(state=StudyState.SETTLED)
+                             .execution_options(synchronize_session="fetch"))
+        return self._new_job(study, now=now, enqueued_at=now, max_attempts=max_attempts,
+                             max_interruptions=max_interruptions, lane=LANE_BATCH,
+                             batch_id=batch_id)
+
+    def settle_without_job(self, study_instance_uid: str) -> None:
+        """A study a batch stopped bringing in (cancelled, failed) is held as it is, not
+        processed as a live study: mark it settled without a job. New instances make it
+        ``receiving`` again, and then it is processed."""
+        self.session.execute(update(Study).where(
+            Study.study_instance_uid == study_instance_uid,
+            Study.state == StudyState.RECEIVING).values(state=StudyState.SETTLED)
+            .execution_options(synchronize_session="fetch"))
+
     def _new_job(self, study: Study, *, now: datetime, enqueued_at: datetime | None,
                  model_name: str | None = None, model_version: str | None = None,
-                 max_attempts: int, max_interruptions: int) -> Job:
+                 max_attempts: int, max_interruptions: int, lane: int | None = None,
+                 batch_id: int | None = None) -> Job:
         if max_attempts < 1 or max_interruptions < 1:
             raise ValueError(f"max_attempts and max_interruptions must be >= 1, got "
                              f"{max_attempts}, {max_interruptions}")
@@ -149,7 +175,8 @@ class StudyRepository:
                   max_interruptions=max_interruptions, created_at=now, updated_at=now,
                   enqueued_at=enqueued_at,
                   instance_count_at_creation=study.instance_count, model_name=model_name,
-                  model_version=model_version, lane=lane_for(study.requested_priority))
+                  model_version=model_version, batch_id=batch_id,
+                  lane=lane_for(study.requested_priority) if lane is None else lane)
         self.session.add(job)
         self.session.flush()
         study.current_job_id = job.id

@@ -27,7 +27,8 @@ from storage import (
 from .storage_helpers import content, meta
 
 TABLES = {"patients", "studies", "series", "instances", "jobs", "results", "exports",
-          "api_tokens", "priority_events", "node_controls", "notifications"}
+          "api_tokens", "priority_events", "node_controls", "notifications", "batches",
+          "batch_items"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -5,27 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from storage import (
     FileStore,
     InstanceMeta,
     StudyRepository,
-    create_engine_for,
     ingest,
-    migrate,
     run_write,
-    session_factory,
 )
-
-
-@pytest.fixture
-def node_storage(tmp_path: Path):
-    """(FileStore, sessionmaker) over a fresh SQLite index."""
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'index.db'}")
-    migrate(engine)
-    yield FileStore(tmp_path / "store"), session_factory(engine)
-    engine.dispose()
 
 
 def ingest_file(store: FileStore, sessions, path: Path) -> InstanceMeta:
