@@ -405,7 +405,7 @@ def worker(
     from .node import NodeStartError, open_storage, pipeline_factory
 
     try:
-        storage = open_storage(settings)
+        storage = open_storage(settings, clean=False)
     except NodeStartError as exc:
         _fail(str(exc))
     celery_app = create_celery_app(settings.queue.broker_url,
@@ -434,7 +434,7 @@ def studies(
 
     settings = _settings(config)
     try:
-        storage = open_storage(settings)
+        storage = open_storage(settings, clean=False)
     except NodeStartError as exc:
         _fail(str(exc))
     with storage.sessions() as session:
@@ -523,7 +523,7 @@ def rerun(
             _fail(str(exc))
     settings = _settings(config)
     try:
-        storage = open_storage(settings)
+        storage = open_storage(settings, clean=False)
     except NodeStartError as exc:
         _fail(str(exc))
 
@@ -564,7 +564,7 @@ def _storage_for(config: Path):  # type: ignore[no-untyped-def]
 
     settings = _settings(config)
     try:
-        return open_storage(settings)
+        return open_storage(settings, clean=False)  # beside a running node: its temp files
     except NodeStartError as exc:
         _fail(str(exc))
 
@@ -717,6 +717,264 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
         storage.engine.dispose()
     if failed:
         raise typer.Exit(1)
+
+
+batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="Re-processing batches: studies from a remote archive or the "
+                              "node's own index, run below live traffic.")
+app.add_typer(batch_app, name="batch")
+BatchId = Annotated[int, typer.Argument(help="The batch's number (pacs-node batch list)")]
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except Exception:  # noqa: BLE001 - no user name (a container): still say where from
+        return "cli"
+
+
+def _batch_call(config: Path, action: Any) -> Any:
+    """Run ``action(settings, sessions)`` on the index; BatchError and NotFound are the
+    user's errors (exit 2, the message)."""
+    from storage import NotFound
+
+    from .batches import BatchError
+
+    settings = _settings(config)
+    storage = _storage_for(config)
+    try:
+        return action(settings, storage.sessions)
+    except (BatchError, NotFound) as exc:
+        _fail(str(exc))
+    finally:
+        storage.engine.dispose()
+
+
+@batch_app.command("create")
+def batch_create(
+    remote: Annotated[str | None, typer.Option(help="Pull the studies from this remote "
+                                                    "(config remotes)")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Re-run studies the node holds")] = False,
+    accessions: Annotated[Path | None, typer.Option(
+        help="File of accession numbers: one per line, or CSV with an accession column")] = None,
+    date_from: Annotated[str, typer.Option("--from", help="StudyDate from (YYYYMMDD)")] = "",
+    date_to: Annotated[str, typer.Option("--to", help="StudyDate to (YYYYMMDD)")] = "",
+    modality: Annotated[list[str] | None, typer.Option(
+        help="Modality in study, repeatable (e.g. --modality CR --modality DX)")] = None,
+    body_part: Annotated[str | None, typer.Option(help="Body Part Examined, e.g. WRIST")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="A route's name, 'demo' or a checkpoint path (default: the configured routes)")
+    ] = None,
+    deliver: Annotated[str, typer.Option(
+        help="none (default: results stay on the node), destinations, or folder:PATH")
+    ] = "none",
+    skip_done: Annotated[bool, typer.Option(
+        "--skip-done", help="Skip studies whose current result is by the same model version")
+    ] = False,
+    max_retrieves: Annotated[int | None, typer.Option(
+        min=1, max=32, help="Concurrent retrieves (default batch.max_retrieves)")] = None,
+    window: Annotated[str | None, typer.Option(
+        help="Off-peak window HH:MM-HH:MM in local time, e.g. 20:00-06:00: waits outside it")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A label for the batch")] = "",
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """Create a batch; `pacs-node serve` runs it. Prints the batch's number."""
+    from .batches import BatchSpec, create_batch, read_accessions
+
+    if (remote is None) == (not local):
+        _fail("give either --remote NAME or --local")
+    numbers: list[str] = []
+    if accessions is not None:
+        try:
+            text = accessions.read_text(encoding="utf-8-sig", errors="strict")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"--accessions {accessions}: cannot read it ({exc})")
+        numbers = _batch_call(config, lambda *_: read_accessions(text))
+    spec = BatchSpec(remote=remote, accessions=tuple(numbers), date_from=date_from,
+                     date_to=date_to, modalities=tuple(modality or ()), body_part=body_part,
+                     model=model, deliver=deliver, skip_done=skip_done,
+                     max_retrieves=max_retrieves, window=window, name=name)
+    batch_id = _batch_call(config, lambda settings, sessions: create_batch(
+        settings, sessions, spec, actor=_actor()))
+    console.print(f"batch {batch_id} created; `pacs-node batch show {batch_id} --follow` "
+                  "shows its progress (pacs-node serve runs it)")
+    sys.stdout.write(f"{batch_id}\n")
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes = int(seconds // 60)
+    if minutes >= 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes}m{int(seconds % 60):02d}s"
+
+
+@batch_app.command("list")
+def batch_list(config: ConfigOption = Path("config.yaml"),
+               json_out: Annotated[bool, typer.Option("--json", help="JSON lines")] = False
+               ) -> None:
+    """Recent batches with their progress."""
+    from rich.table import Table
+
+    from storage import BatchRepository
+
+    from .batches import progress
+
+    def collect(_settings: Any, sessions: Any) -> list[Any]:
+        with sessions() as session:
+            return [progress(session, b.id) for b in BatchRepository(session).recent(100)]
+
+    rows = _batch_call(config, collect)
+    if json_out:
+        for p in rows:
+            sys.stdout.write(json.dumps(_progress_json(p)) + "\n")
+        return
+    table = Table("batch", "name", "from", "model", "deliver", "state", "done", "skipped",
+                  "failed", "total", "ETA")
+    for p in rows:
+        b, c = p.batch, p.counts
+        table.add_row(str(b["id"]), b["name"], b["remote"] or "local", b["models"],
+                      b["deliver"], b["state"], str(c["done"]), str(c["skipped"]),
+                      str(c["failed"]), str(p.total), _eta(p.eta_seconds))
+    Console().print(table)
+
+
+def _progress_json(p: Any) -> dict[str, Any]:
+    return {**p.batch, "counts": p.counts, "total": p.total, "finished": p.finished,
+            "per_hour": p.per_hour, "eta_seconds": p.eta_seconds,
+            "window_open": p.window_open, **({"items": p.items} if p.items else {})}
+
+
+@batch_app.command("show")
+def batch_show(batch_id: BatchId, config: ConfigOption = Path("config.yaml"),
+               follow: Annotated[bool, typer.Option(
+                   "--follow", help="Draw a progress bar until the batch ends")] = False,
+               items: Annotated[bool, typer.Option("--items", help="List every study")] = False,
+               json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False
+               ) -> None:
+    """A batch's state, counts per item state and ETA; --follow until it ends."""
+    import time
+
+    from rich.table import Table
+
+    from .batches import progress
+
+    def read(_settings: Any, sessions: Any) -> Any:
+        with sessions() as session:
+            return progress(session, batch_id, with_items=items)
+
+    final = ("done", "cancelled", "failed")
+    if follow:
+        settings = _settings(config)
+        storage = _storage_for(config)
+        try:
+            with _progress() as bar:
+                task = bar.add_task(f"batch {batch_id}", total=None)
+                while True:
+                    with storage.sessions() as session:
+                        p = progress(session, batch_id)
+                    c = p.counts
+                    bar.update(task, total=p.total or None, completed=p.finished,
+                               description=f"batch {batch_id} {p.batch['state']}: "
+                                           f"{c['done']} done, {c['skipped']} skipped, "
+                                           f"{c['failed']} failed, "
+                                           f"{c['retrieving'] + c['querying']} retrieving, "
+                                           f"{c['settled'] + c['processing']} processing")
+                    if p.batch["state"] in final:
+                        break
+                    time.sleep(max(0.5, settings.batch.tick_seconds))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            storage.engine.dispose()
+    p = _batch_call(config, read)
+    if json_out:
+        sys.stdout.write(json.dumps(_progress_json(p)) + "\n")
+        return
+    b = p.batch
+    out = Console()
+    out.print(f"batch {b['id']} {b['name']}: {b['state']}"
+              + (f" ({b['reason']})" if b["reason"] else ""), highlight=False)
+    out.print(f"from {b['remote'] or 'the node'} {json.dumps(b['criteria'])}; models "
+              f"{b['models']}; deliver {b['deliver']}"
+              + ("; skip done" if b["skip_done"] else "")
+              + (f"; window {b['window']}" + ("" if p.window_open else " (closed now)")
+                 if b["window"] else ""), highlight=False)
+    out.print(" ".join(f"{k} {v}" for k, v in p.counts.items() if v) or "no study",
+              highlight=False)
+    out.print(f"{p.finished} of {p.total} finished; ETA {_eta(p.eta_seconds)}"
+              + (f" ({p.per_hour:.0f} studies/h)" if p.per_hour else ""), highlight=False)
+    if items:
+        table = Table("item", "Study Instance UID", "accession", "state", "job", "why")
+        for i in p.items:
+            table.add_row(str(i["id"]), i["study_instance_uid"] or "-", i["accession_number"],
+                          i["state"], str(i["job_id"] or "-"), i["reason"] or "")
+        table.columns[1].overflow = "fold"
+        out.print(table)
+    if b["state"] == "failed" or (follow and p.counts["failed"]):
+        raise typer.Exit(1)
+
+
+def _batch_action(verb: str) -> Any:
+    from . import batches
+
+    action = {"pause": batches.pause_batch, "resume": batches.resume_batch,
+              "cancel": batches.cancel_batch, "retry-failed": batches.retry_failed}[verb]
+
+    def command(batch_id: BatchId, config: ConfigOption = Path("config.yaml")) -> None:
+        result = _batch_call(config, lambda _s, sessions: action(sessions, batch_id,
+                                                                 actor=_actor()))
+        extra = f" ({result} studies)" if isinstance(result, int) else ""
+        console.print(f"batch {batch_id}: {verb} done{extra}")
+
+    command.__doc__ = {
+        "pause": "Pause a batch: no new retrieve or job starts; running jobs finish.",
+        "resume": "Resume a paused batch.",
+        "cancel": "Cancel a batch: studies not yet retrieved are skipped; queued jobs finish.",
+        "retry-failed": "Start a batch's failed studies again (after the archive is back)."}[verb]
+    return command
+
+
+for _verb in ("pause", "resume", "cancel", "retry-failed"):
+    batch_app.command(_verb)(_batch_action(_verb))
+
+
+@batch_app.command("export")
+def batch_export(batch_id: BatchId,
+                 csv_path: Annotated[Path | None, typer.Option(
+                     "--csv", help="Write CSV here ('-': standard output)")] = None,
+                 jsonl_path: Annotated[Path | None, typer.Option(
+                     "--jsonl", help="Write JSON lines here ('-': standard output)")] = None,
+                 config: ConfigOption = Path("config.yaml")) -> None:
+    """Per study: accession, state, result, probability (only where analysed), triage
+    priority, findings per view, model version."""
+    from .batches import export_batch
+
+    if (csv_path is None) == (jsonl_path is None):
+        _fail("give one of --csv PATH or --jsonl PATH")
+    fmt, path = ("csv", csv_path) if csv_path is not None else ("jsonl", jsonl_path)
+    assert path is not None
+
+    def write(_settings: Any, sessions: Any) -> int:
+        with sessions() as session:
+            if str(path) == "-":
+                return export_batch(session, batch_id, sys.stdout, fmt)
+            temp = path.with_name(f".{path.name}.tmp")
+            with open(temp, "w", encoding="utf-8", newline="") as out:
+                count = export_batch(session, batch_id, out, fmt)
+            temp.replace(path)
+            return count
+
+    try:
+        count = _batch_call(config, write)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror}")
+    console.print(f"batch {batch_id}: {count} studies written to "
+                  f"{'standard output' if str(path) == '-' else path}")
 
 
 def main() -> None:

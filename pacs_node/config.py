@@ -275,6 +275,23 @@ class DeliverySettings(_Section):
     max_concurrent: int = Field(2, ge=1, le=32)
 
 
+class BatchSettings(_Section):
+    """``batch``: how re-processing batches pull and queue studies (pacs_node.batches)."""
+
+    # Tries to bring in one study (a query or retrieve that fails) before the item fails,
+    # waiting backoff_initial_seconds, doubling, at most backoff_max_seconds between them.
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff_initial_seconds: float = Field(5.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0)
+    # Concurrent retrieves of a batch when `batch create` does not say (--max-retrieves).
+    max_retrieves: int = Field(2, ge=1, le=32)
+    # Jobs a batch keeps queued for the workers at a time: more studies are retrieved only
+    # as these finish, so a large batch neither fills the store nor hides many studies'
+    # current results at once.
+    max_queued: int = Field(8, ge=1, le=10000)
+    tick_seconds: float = Field(1.0, gt=0, le=60)
+
+
 class MetricsSettings(_Section):
     """``metrics``: Prometheus metrics at ``/metrics``."""
 
@@ -342,6 +359,7 @@ class Settings(BaseSettings):
     destinations: list[Destination] = Field(default_factory=list)
     remotes: list[Remote] = Field(default_factory=list)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)

@@ -28,6 +28,7 @@ from storage import (
 from workers.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
 from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 
+from .batches import BatchRunner
 from .config import ConfigError, Settings
 from .delivery import DeliveryService
 from .dimse import DimseServer, MoveDestination
@@ -52,8 +53,14 @@ class Storage:
     store: FileStore
 
 
-def open_storage(settings: Settings) -> Storage:
-    """Engine (migrated), session factory and file store of ``settings``."""
+def open_storage(settings: Settings, *, clean: bool = True) -> Storage:
+    """Engine (migrated), session factory and file store of ``settings``.
+
+    Args:
+        clean: remove temp files left by interrupted writes. Only a process starting the
+            node may: a command run beside a running node (``token``, ``batch``, ``remote
+            test``) would delete the temp files of writes in progress.
+    """
     root = Path(settings.storage.root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -62,7 +69,7 @@ def open_storage(settings: Settings) -> Storage:
     engine = create_engine_for(settings.storage.database_url)
     migrate(engine)
     store = FileStore(root)
-    removed = store.remove_temp_files()
+    removed = store.remove_temp_files() if clean else 0
     if removed:
         log.info("removed %d left-over temporary files from the store", removed)
     return Storage(engine, session_factory(engine), store)
@@ -124,6 +131,7 @@ class Node:
         self.delivery: DeliveryService | None = None
         self.webhook: WebhookService | None = None
         self.http: HttpServer | None = None
+        self.batches: BatchRunner | None = None
 
     @property
     def embedded(self) -> bool:
@@ -167,6 +175,8 @@ class Node:
             # This process is the only worker: whatever a crashed run left running is ours.
             self.tracker.release_orphans()
         self.tracker.start()
+        self.batches = BatchRunner(s, storage.sessions, storage.store, self.dispatcher)
+        self.batches.start()
         self.delivery = DeliveryService(storage.sessions, storage.store, s.destinations,
                                         s.delivery, calling_ae=s.node.ae_title,
                                         tls_contexts=sending_tls)
@@ -219,6 +229,8 @@ class Node:
         for listener in (self.dimse, self.dimse_tls):
             if listener is not None:
                 listener.stop()
+        if self.batches is not None:
+            self.batches.stop()
         if self.tracker is not None:
             self.tracker.stop()
         if self._local is not None:
