@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import (
@@ -186,9 +186,9 @@ def _local_studies(session: Session, spec: BatchSpec) -> list[tuple[str, str]]:
         stmt = stmt.where(Study.study_date >= spec.date_from)
     if spec.date_to:
         stmt = stmt.where(Study.study_date <= spec.date_to)
-    if spec.modalities:
-        stmt = stmt.where(or_(*(Study.modalities_in_study.contains(m)
-                                for m in spec.modalities)))
+    if spec.modalities:  # whole codes, as ModalitiesInStudy matches (no substring, no LIKE)
+        stmt = stmt.where(exists(select(Series.id).where(
+            Series.study_id == Study.id, Series.modality.in_(list(spec.modalities)))))
     if spec.body_part:
         stmt = stmt.where(exists(select(Series.id).where(
             Series.study_id == Study.id,
@@ -199,10 +199,34 @@ def _local_studies(session: Session, spec: BatchSpec) -> list[tuple[str, str]]:
     return [(str(a or ""), str(u)) for a, u in rows]
 
 
+def _check_remote_reach(settings: Settings, model: str | None, folder: Path | None) -> None:
+    """What a batch created over HTTP may name on the node's disk (see create_batch)."""
+    routes = settings.pipeline.routes
+    if model is not None and model != "demo" and not any(model in (r.name, r.model)
+                                                         for r in routes):
+        raise BatchError(f"model {model!r}: over HTTP a batch names a route, 'demo' or a "
+                         "configured route's checkpoint (any checkpoint: pacs-node batch "
+                         "create on the node)")
+    if folder is not None:
+        inside = any(folder.resolve().is_relative_to(root.resolve())
+                     for root in settings.batch.folder_roots)
+        if not inside:
+            raise BatchError(f"folder {folder}: over HTTP results go only under "
+                             "batch.folder_roots (none configured)" if not
+                             settings.batch.folder_roots else
+                             f"folder {folder} is not under batch.folder_roots")
+
+
 def create_batch(settings: Settings, sessions: sessionmaker[Session], spec: BatchSpec, *,
-                 actor: str) -> int:
+                 actor: str, local_operator: bool = True) -> int:
     """Check ``spec`` and record the batch; the node's runner starts it within a second.
     Returns its id.
+
+    Args:
+        local_operator: the request comes from a shell on the node (the CLI). Over HTTP
+            (False) a token must not reach the node's file system: ``--model`` is then a
+            route's name, ``demo`` or a configured route's checkpoint, and a delivery
+            folder must lie under one of ``batch.folder_roots``.
 
     Raises:
         BatchError: an unknown remote, a bad date, window, deliver or model, no selection
@@ -225,12 +249,14 @@ def create_batch(settings: Settings, sessions: sessionmaker[Session], spec: Batc
                         "modalities": tuple(m.strip().upper() for m in spec.modalities
                                             if m.strip())})
     try:
-        parse_window(spec.window)
-        mode, _ = parse_deliver(spec.deliver)
+        window = parse_window(spec.window)
+        mode, folder = parse_deliver(spec.deliver)
     except ValueError as exc:
         raise BatchError(str(exc)) from None
     if mode == "destinations" and not settings.destinations:
         raise BatchError("--deliver destinations, but the config has no destinations")
+    if not local_operator:
+        _check_remote_reach(settings, spec.model, folder)
     max_retrieves = spec.max_retrieves or settings.batch.max_retrieves
     if not 1 <= max_retrieves <= 32:
         raise BatchError(f"--max-retrieves {max_retrieves}: between 1 and 32")
@@ -246,7 +272,8 @@ def create_batch(settings: Settings, sessions: sessionmaker[Session], spec: Batc
             source="local" if remote is None else "remote",
             remote=remote.name if remote else None, criteria=criteria, items=items,
             name=spec.name, model=spec.model, model_key=key, deliver=spec.deliver,
-            skip_done=spec.skip_done, max_retrieves=max_retrieves, window=spec.window,
+            skip_done=spec.skip_done, max_retrieves=max_retrieves,
+            window=str(window) if window is not None else None,
             created_by=actor)
         return batch.id
 
@@ -547,17 +574,20 @@ class BatchRunner:
             window = parse_window(window_text)
             is_open = window is None or window.open_at(now)
             if is_open and self._open.get(batch_id) is False:
-                run_write(self.sessions, lambda s, b=batch_id: BatchRepository(s).wake_jobs(b))
+                self._write(batch_id, BatchRepository.wake_jobs)
             self._open[batch_id] = is_open
             if state == BatchState.QUERYING:
                 if is_open and next_query is not None and next_query <= now:
                     self._submit(batch_id, "query", self._query, batch_id)
                 continue
-            run_write(self.sessions, lambda s, b=batch_id: BatchRepository(s).sync_with_jobs(b))
+            self._write(batch_id, BatchRepository.sync_with_jobs)
             if is_open:
                 self._start_items(batch_id, source, max_retrieves, now)
             self._finish_if_done(batch_id)
         self._dispatch_created()
+
+    def _write(self, batch_id: int, method: Callable[[BatchRepository, int], object]) -> None:
+        run_write(self.sessions, lambda session: method(BatchRepository(session), batch_id))
 
     def _busy_count(self, batch_id: int) -> int:
         with self._lock:

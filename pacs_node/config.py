@@ -290,6 +290,9 @@ class BatchSettings(_Section):
     # current results at once.
     max_queued: int = Field(8, ge=1, le=10000)
     tick_seconds: float = Field(1.0, gt=0, le=60)
+    # Folders a batch created over HTTP may write its results into (--deliver folder:PATH);
+    # empty: only `pacs-node batch create` on the node itself delivers into a folder.
+    folder_roots: list[Path] = Field(default_factory=list)
 
 
 class MetricsSettings(_Section):

@@ -255,3 +255,21 @@ def test_the_tracker_leaves_a_study_a_batch_is_retrieving_to_the_batch(
     with sessions() as session:
         settled = StudyRepository(session).settled(datetime.now().astimezone(), 0.0)
     assert sorted(s.study_instance_uid for s in settled) == held[1:]
+
+
+def test_a_local_selection_matches_whole_modality_codes(
+        node_storage, held: list[str], tmp_path: Path) -> None:
+    _, sessions = node_storage
+    settings = _settings(tmp_path)
+    with sessions() as session:
+        modalities = {s.modalities_in_study for s in StudyRepository(session).settled(
+            datetime.now().astimezone(), 0.0)}
+    code = sorted(modalities)[0]
+    partial = create_batch(settings, sessions, BatchSpec(modalities=(code[:1],)), actor="t")
+    whole = create_batch(settings, sessions, BatchSpec(modalities=(code.lower(),),
+                                                       window=" 20:00-06:00 "), actor="t")
+    with sessions() as session:
+        repo = BatchRepository(session)
+        assert repo.items(partial) == [] and repo.require(partial).reason == "no study matched"
+        assert len(repo.items(whole)) >= 1
+        assert repo.require(whole).window == "20:00-06:00"

@@ -161,7 +161,7 @@ def create(request: Request, body: BatchCreate) -> dict[str, Any]:
     actor = actor_of(request)
     try:
         batch_id = create_batch(_settings(request), _sessions(request), body.spec(),
-                                actor=actor)
+                                actor=actor, local_operator=False)
     except BatchError as exc:
         raise HTTPException(422, str(exc)) from None
     return _progress(request, batch_id)

@@ -119,7 +119,9 @@ REFUSED = [
     ({"remote": "ARCHIVE", "accessions": ["", " "]}, "no accession number"),
     ({"local": True, "remote": "ARCHIVE", "accessions": ["A1"]}, "not both"),
     ({}, "name a remote, or set local: true"),
-    ({"local": True, "model": "/no/such/model.pt"}, "readable pacs-node checkpoint"),
+    # Over HTTP a token does not reach the node's disk: no arbitrary checkpoint or folder.
+    ({"local": True, "model": "/no/such/model.pt"}, "over HTTP a batch names a route"),
+    ({"local": True, "deliver": "folder:/tmp/anywhere"}, "batch.folder_roots"),
 ]
 
 
