@@ -98,6 +98,9 @@ class ArchiveClient:
 
     def __init__(self, remote: Remote, *, calling_ae: str,
                  tls_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
+        if not remote.dimse:
+            raise ArchiveError(f"{remote.name}: no DIMSE address (ae_title, host, port) in "
+                               "the config; it is reached by DICOMweb only")
         self.remote = remote
         self.calling_ae = calling_ae
         self.tls_context = tls_context

@@ -496,10 +496,10 @@ class _Source:
         self.receiver = receiver
         contexts = destination_contexts([remote], section="remotes") \
             if remote.tls.enabled else {}
-        self.dimse = ArchiveClient(remote, calling_ae=settings.node.ae_title,
-                                   tls_context=contexts.get(remote.name))
         self.web = (DicomwebArchive(remote.url, token=remote.token, name=remote.name)
                     if remote.retrieve == "dicomweb" and remote.url else None)
+        self.dimse = None if self.web is not None else ArchiveClient(
+            remote, calling_ae=settings.node.ae_title, tls_context=contexts.get(remote.name))
 
     def find(self, **criteria: Any) -> list[StudyRef]:
         finder: Any = self.web if self.web is not None else self.dimse
@@ -508,6 +508,7 @@ class _Source:
     def retrieve(self, study_uid: str) -> Retrieved:
         if self.web is not None:
             return self.web.retrieve(study_uid, self.receiver)
+        assert self.dimse is not None
         if self.remote.retrieve == "c-get":
             return self.dimse.get(study_uid, self.receiver)
         return self.dimse.move(study_uid)

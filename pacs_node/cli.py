@@ -657,10 +657,10 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
               f"{', '.join(r.name for r in settings.remotes) or 'none'})")
     assert remote is not None
     contexts = destination_contexts([remote], section="remotes") if remote.tls.enabled else {}
-    client = ArchiveClient(remote, calling_ae=settings.node.ae_title,
-                           tls_context=contexts.get(remote.name))
     web = (DicomwebArchive(remote.url, token=remote.token, name=remote.name)
            if remote.retrieve == "dicomweb" and remote.url else None)
+    client = None if web is not None else ArchiveClient(
+        remote, calling_ae=settings.node.ae_title, tls_context=contexts.get(remote.name))
     failed = False
     out = Console()  # the verdicts are the command's output: stdout
 

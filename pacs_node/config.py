@@ -246,9 +246,10 @@ class Remote(_Section):
     ``destinations`` are C-MOVE destinations too."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    # The DIMSE address; an archive reached only by DICOMweb (retrieve: dicomweb) needs none.
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     tls: DestinationTls = Field(default_factory=DestinationTls)
     # How the node pulls studies from this remote as an archive (pacs_node.archive):
     # c-move to the node's own AE title (the PACS must know it), c-get, or dicomweb
@@ -257,10 +258,21 @@ class Remote(_Section):
     url: str | None = None
     token: str | None = Field(None, repr=False)
 
-    _check_ae = field_validator("ae_title")(_ae_title)
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _ae_title(value)
+
+    @property
+    def dimse(self) -> bool:
+        """Whether the remote has a DIMSE address (AE title, host and port)."""
+        return None not in (self.ae_title, self.host, self.port)
 
     @model_validator(mode="after")
     def _dicomweb_url(self) -> Remote:
+        if self.retrieve != "dicomweb" and not self.dimse:
+            raise ValueError(f"remotes[{self.name}] needs ae_title, host and port (only a "
+                             "remote with retrieve: dicomweb and a url may go without)")
         if self.url is not None and not self.url.lower().startswith(("http://", "https://")):
             raise ValueError(f"remotes[{self.name}].url must be an http:// or https:// URL")
         if self.retrieve == "dicomweb" and not self.url:

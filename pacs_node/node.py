@@ -187,10 +187,10 @@ class Node:
                 or f"http://{_url_host(s.node.http_host)}:{s.node.http_port}")
             self.webhook.start()
         # C-MOVE sends to the AE titles of destinations and remotes (remotes win a tie).
-        move_destinations = {
+        move_destinations = {  # a DICOMweb-only remote has no DIMSE address
             peer.ae_title: MoveDestination(peer.host, peer.port, tls_by_name.get(peer.name))
             for peers, tls_by_name in ((s.destinations, sending_tls), (s.remotes, remote_tls))
-            for peer in peers}
+            for peer in peers if peer.ae_title and peer.host and peer.port}
         ports = []
         if tls.plain_listener:
             self.dimse = DimseServer(s.node, storage.store, storage.sessions,

@@ -108,3 +108,15 @@ def test_http_on_the_network_with_authentication_is_accepted(config: Path) -> No
     config.write_text("node:\n  http_host: '0.0.0.0'\nhttp:\n  auth: true\n")
     settings = load_settings(config)
     assert settings.http.auth and settings.node.http_host == "0.0.0.0"
+
+
+def test_a_dicomweb_archive_needs_no_dimse_address_and_a_dimse_one_does() -> None:
+    from pydantic import ValidationError
+
+    from pacs_node.config import Remote
+
+    web = Remote(name="web", retrieve="dicomweb", url="http://127.0.0.1:8042/dicom-web")
+    assert not web.dimse
+    assert Remote(name="pacs", ae_title="PACS", host="127.0.0.1", port=104).dimse
+    with pytest.raises(ValidationError, match="needs ae_title, host and port"):
+        Remote(name="pacs", host="127.0.0.1", port=104)
