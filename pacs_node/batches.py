@@ -585,6 +585,10 @@ class BatchRunner:
             if is_open:
                 self._start_items(batch_id, source, max_retrieves, now)
             self._finish_if_done(batch_id)
+        with self.sessions() as session:  # paused or cancelled: their jobs still end
+            others = BatchRepository(session).waiting_on_jobs(exclude=[b[0] for b in batches])
+        for batch_id in others:
+            self._write(batch_id, BatchRepository.sync_with_jobs)
         self._dispatch_created()
 
     def _write(self, batch_id: int, method: Callable[[BatchRepository, int], object]) -> None:

@@ -273,3 +273,22 @@ def test_a_local_selection_matches_whole_modality_codes(
         assert repo.items(partial) == [] and repo.require(partial).reason == "no study matched"
         assert len(repo.items(whole)) >= 1
         assert repo.require(whole).window == "20:00-06:00"
+
+
+def test_a_cancelled_batch_lets_its_queued_jobs_finish_and_records_them(
+        node_storage, held: list[str], checkpoint: Path, tmp_path: Path) -> None:
+    store, sessions = node_storage
+    settings = _settings(tmp_path)
+    recorder = Recorder()
+    runner = BatchRunner(settings, sessions, store, recorder)
+    pipeline = StudyPipeline(store, sessions, PipelineOptions(), ModelCache(device="cpu"))
+    batch_id = create_batch(settings, sessions, BatchSpec(model=str(checkpoint)), actor="t")
+    runner.tick()
+    assert len(recorder.jobs) == 3
+    assert cancel_batch(sessions, batch_id, actor="t") == 0  # nothing left to retrieve
+    assert [pipeline.run(j) for j, _ in recorder.jobs] == ["done"] * 3
+    runner.tick()
+    with sessions() as session:
+        repo = BatchRepository(session)
+        assert {i.state for i in repo.items(batch_id)} == {"done"}
+        assert repo.require(batch_id).state == "cancelled"

@@ -121,6 +121,15 @@ class BatchRepository:
         return self.session.scalars(select(Batch).where(
             Batch.state.in_([BatchState.QUERYING, BatchState.RUNNING])).order_by(Batch.id)).all()
 
+    def waiting_on_jobs(self, exclude: Sequence[int] = ()) -> list[int]:
+        """Batches (other than ``exclude``) with items whose job is queued or running: a
+        paused or cancelled batch still learns how the jobs it made ended."""
+        stmt = select(BatchItem.batch_id).where(
+            BatchItem.state.in_([ItemState.SETTLED, ItemState.PROCESSING])).distinct()
+        if exclude:
+            stmt = stmt.where(BatchItem.batch_id.not_in(list(exclude)))
+        return [int(b) for b in self.session.scalars(stmt)]
+
     def set_state(self, batch_id: int, state: BatchState, *, reason: str | None = None,
                   from_states: Sequence[BatchState] = (), now: datetime | None = None) -> bool:
         """Move a batch to ``state`` (only from ``from_states`` when given); False when it
