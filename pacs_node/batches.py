@@ -28,6 +28,7 @@ import json
 import logging
 import queue
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -488,6 +489,16 @@ def export_batch(session: Session, batch_id: int, out: TextIO, fmt: str) -> int:
 # -- the runner ------------------------------------------------------------------------
 
 
+def _why(exc: Exception) -> str:
+    """An archive's error says what went wrong; another exception is named and logged
+    (its text may quote data element values)."""
+    if isinstance(exc, ArchiveError):
+        return str(exc)
+    log.error("batch: unexpected %s\n%s", type(exc).__name__,
+              "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+    return f"{type(exc).__name__} (see the node's log)"
+
+
 class _Source:
     """Finding and retrieving studies at one remote, the way it is configured."""
 
@@ -696,9 +707,9 @@ class BatchRunner:
                                date_to=criteria.get("date_to", ""),
                                modalities=criteria.get("modalities", []),
                                body_part=criteria.get("body_part"))
-        except ArchiveError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is an attempt, never a loop
             retry_at = self._backoff(attempts + 1)
-            reason = f"the query failed: {exc}"
+            reason = f"the query failed: {_why(exc)}"
             log.warning("batch %s: %s; %s", batch_id, reason,
                         "retrying" if retry_at else "giving up")
             run_write(self.sessions, lambda s: BatchRepository(s).query_failed(
@@ -792,8 +803,8 @@ class BatchRunner:
                     item_id, ItemState.RETRIEVING, from_states=[ItemState.PENDING])):
                 return
             counts = source.retrieve(uid)
-        except ArchiveError as exc:
-            self._item_failed(item_id, uid, attempts, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an item never stays "retrieving" forever
+            self._item_failed(item_id, uid, attempts, _why(exc))
             return
         note = None
         if counts.failed or counts.warning:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -292,3 +293,51 @@ def test_a_cancelled_batch_lets_its_queued_jobs_finish_and_records_them(
         repo = BatchRepository(session)
         assert {i.state for i in repo.items(batch_id)} == {"done"}
         assert repo.require(batch_id).state == "cancelled"
+
+
+PATIENT = "Doe" + "^Jane"
+
+
+class Broken:
+    """An archive whose every retrieve raises something other than an ArchiveError."""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+        self.remote = type("R", (), {"name": "archive"})()
+
+    def find(self, **_criteria: object) -> list[object]:
+        from pacs_node.archive import StudyRef
+
+        return [StudyRef(self.uid, "ACC1")]
+
+    def retrieve(self, _uid: str) -> object:
+        raise RuntimeError(PATIENT)  # a message that could quote patient data
+
+
+def test_an_unexpected_error_fails_the_item_after_its_attempts_not_forever(
+        node_storage, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store, sessions = node_storage
+    settings = _settings(tmp_path, batch={"max_attempts": 2, "backoff_initial_seconds": 0.01,
+                                          "backoff_max_seconds": 0.01})
+    runner = BatchRunner(settings, sessions, store, Recorder(),
+                         source_factory=lambda _remote: Broken("1.2.3.4"))  # type: ignore[arg-type,return-value]
+    batch_id = create_batch(settings, sessions, BatchSpec(remote="archive", accessions=("ACC1",)),
+                            actor="t")
+
+    def item() -> tuple[str, str | None]:
+        with sessions() as session:
+            (row,) = BatchRepository(session).items(batch_id)
+            return row.state, row.reason
+
+    deadline = time.monotonic() + 20
+    while item()[0] != "failed" and time.monotonic() < deadline:
+        runner.tick()
+        time.sleep(0.05)
+    state, reason = item()
+    assert state == "failed" and reason == ("failed after 2 attempts: RuntimeError (see the "
+                                            "node's log)")
+    assert PATIENT not in caplog.text and "RuntimeError" in caplog.text
+    runner.tick()
+    with sessions() as session:
+        assert BatchRepository(session).require(batch_id).state == "done"
+    runner.stop()
