@@ -98,10 +98,13 @@ class ArchiveClient:
 
     def __init__(self, remote: Remote, *, calling_ae: str,
                  tls_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
-        if not remote.dimse:
+        if remote.ae_title is None or remote.host is None or remote.port is None:
             raise ArchiveError(f"{remote.name}: no DIMSE address (ae_title, host, port) in "
                                "the config; it is reached by DICOMweb only")
         self.remote = remote
+        self.ae_title: str = remote.ae_title
+        self.host: str = remote.host
+        self.port: int = remote.port
         self.calling_ae = calling_ae
         self.tls_context = tls_context
         self.timeout = timeout
@@ -115,13 +118,13 @@ class ArchiveClient:
         for context in contexts:
             ae.add_requested_context(context, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         negotiation = [build_role(sop_class, scp_role=True) for sop_class in roles]
-        tls_args = (self.tls_context, self.remote.host) if self.tls_context else None
-        assoc = ae.associate(self.remote.host, self.remote.port, ae_title=self.remote.ae_title,
+        tls_args = (self.tls_context, self.host) if self.tls_context else None
+        assoc = ae.associate(self.host, self.port, ae_title=self.ae_title,
                              ext_neg=negotiation or None, evt_handlers=list(handlers) or None,
                              tls_args=tls_args)
         if not assoc.is_established:
             raise ArchiveError(f"{self.remote.name}: no association with "
-                               f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port} "
+                               f"{self.ae_title}@{self.host}:{self.port} "
                                "(unreachable, or our AE title refused)")
         try:
             yield assoc
@@ -277,7 +280,7 @@ class ArchiveClient:
                 path.write_bytes(event.encoded_dataset())  # preamble, file meta, data set
                 try:
                     meta = receiver.validate(path)
-                    receiver.store_instance(path, meta, calling_ae=self.remote.ae_title[:16])
+                    receiver.store_instance(path, meta, calling_ae=self.ae_title[:16])
                 finally:
                     path.unlink(missing_ok=True)
             except Refused as exc:

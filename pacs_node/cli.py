@@ -635,6 +635,12 @@ remote_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 app.add_typer(remote_app, name="remote")
 
 
+def _dimse(client: Any) -> Any:
+    """The remote's DIMSE client (None only for a DICOMweb remote, which never gets here)."""
+    assert client is not None
+    return client
+
+
 @remote_app.command("test")
 def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the config")],
                 config: ConfigOption = Path("config.yaml")) -> None:
@@ -671,7 +677,7 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
                   highlight=False, soft_wrap=True)
 
     find = "QIDO-RS" if web is not None else "C-FIND"
-    if web is None:
+    if client is not None:
         try:
             client.echo()
             verdict("C-ECHO", True, f"{remote.ae_title}@{remote.host}:{remote.port} answers")
@@ -679,7 +685,7 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
             verdict("C-ECHO", False, str(exc))
             raise typer.Exit(1) from None
     try:
-        found = web.first_instance() if web is not None else client.first_instance()
+        found = web.first_instance() if web is not None else _dimse(client).first_instance()
     except ArchiveError as exc:
         verdict(find, False, str(exc))
         raise typer.Exit(1) from None
@@ -694,9 +700,9 @@ def remote_test(name: Annotated[str, typer.Argument(help="A remote's name in the
         if web is not None:
             counts = web.retrieve_instance(found, receiver)
         elif remote.retrieve == "c-get":
-            counts = client.get_instance(found, receiver)
+            counts = _dimse(client).get_instance(found, receiver)
         else:
-            counts = client.move_instance(found)
+            counts = _dimse(client).move_instance(found)
         where = (f"to {settings.node.ae_title}" if remote.retrieve == "c-move"
                  else "into this node's store")
         verdict(step, True, f"the remote sent {counts.completed} instance(s) {where}")
