@@ -415,7 +415,7 @@ def progress(session: Session, batch_id: int, *, with_items: bool = False,
 
 EXPORT_FIELDS = ("study_instance_uid", "accession_number", "item_state", "item_reason",
                  "result", "fracture_probability", "triage_priority", "views", "model",
-                 "model_version", "job_id")
+                 "model_version", "synthetic_data_weights", "job_id")
 
 
 def _result_word(row: Any) -> str:
@@ -461,6 +461,8 @@ def export_records(session: Session, batch_id: int) -> Iterable[dict[str, Any]]:
                "fracture_probability": row.fracture_probability,
                "triage_priority": row.triage_priority or "", "views": _views(row.summary),
                "model": row.model_name or "", "model_version": row.model_version or "",
+               # True: made with synthetic-data (demo) weights, not a clinical finding.
+               "synthetic_data_weights": (row.summary or {}).get("synthetic_data_weights"),
                "job_id": row.job_id}
 
 
@@ -475,6 +477,8 @@ def export_batch(session: Session, batch_id: int, out: TextIO, fmt: str) -> int:
             record["views"] = json.dumps(record["views"], separators=(",", ":"))
             if record["fracture_probability"] is None:
                 record["fracture_probability"] = ""
+            synthetic = record["synthetic_data_weights"]
+            record["synthetic_data_weights"] = "" if synthetic is None else str(synthetic).lower()
             writer.writerow(record)
             count += 1
     elif fmt == "jsonl":

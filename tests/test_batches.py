@@ -189,10 +189,12 @@ def test_a_local_batch_runs_each_study_once_with_its_model_into_a_folder(
         assert row["result"] == study.result and row["item_state"] == "done"
         assert row["triage_priority"] == study.triage_priority
         assert row["model_version"] == "0.0.1"
+        assert row["synthetic_data_weights"] == "true"  # the tiny test model says so
         assert float(row["fracture_probability"]) == pytest.approx(study.fracture_probability)
         assert len(json.loads(row["views"])) == study.images
     records = [json.loads(line) for line in lines.getvalue().splitlines()]
     assert [r["study_instance_uid"] for r in records] == [r["study_instance_uid"] for r in rows]
+    assert {r["synthetic_data_weights"] for r in records} == {True}
 
 
 def test_paused_or_out_of_window_batches_start_nothing_and_resume(

@@ -540,6 +540,9 @@ class StudyPipeline:
         else:
             reason = None
         summary["reason"] = reason
+        # Whether a model that judged views was trained on synthetic data only (demo
+        # weights): every output, the batch export too, says so.
+        summary["synthetic_data_weights"] = synthetic
         destinations = delivery.destinations
 
         def complete(session: Session) -> int | None:
