@@ -4,6 +4,7 @@ associate cannot grow the node's threads without bound."""
 
 from __future__ import annotations
 
+import resource
 import socket
 import threading
 import time
@@ -132,6 +133,32 @@ def test_forty_idle_connections_do_not_lock_a_modality_out(
         assert time.monotonic() - started < 5.0
     finally:
         for sock in idle + half_open:
+            sock.close()
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_forty_idle_connections_leave_the_node_its_cpu(
+        make_node: Callable[..., Node]) -> None:
+    """Connections that have sent nothing wait on their socket, not in a 1 ms poll: 40 of
+    them kept pynetdicom's reactors busy with more than one core of two, and every other
+    peer's answers slowed down. The test process is the node here; it only sleeps."""
+    node = make_node()
+    idle = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(40)]
+    try:
+        wait_for(lambda: acceptor_threads(node) >= 40, 5.0, "40 connections at the node")
+        cpu, started = _cpu_seconds(), time.monotonic()
+        time.sleep(2.0)  # the measurement window itself, not a wait for a condition
+        share = (_cpu_seconds() - cpu) / (time.monotonic() - started)
+        assert acceptor_threads(node) >= 40, "the connections closed during the measurement"
+        assert share < 0.4, f"40 idle connections cost {share:.0%} of a core"
+        # ... and the first byte of a request is still read at once.
+        assert echo(node)
+    finally:
+        for sock in idle:
             sock.close()
 
 
