@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,13 +54,15 @@ from storage import (
 )
 from storage._db import utcnow
 from workers.batch_options import parse_deliver, parse_window
-from workers.dispatch import Dispatcher
 
 from .archive import ArchiveClient, ArchiveError, DicomwebArchive, Retrieved, StudyRef
 from .config import Remote, Settings
 from .delivery import backoff_seconds
 from .receive import Receiver
 from .tls import destination_contexts
+
+if TYPE_CHECKING:  # the dispatcher module imports the pipeline and torch
+    from workers.dispatch import Dispatcher
 
 __all__ = ["BatchError", "BatchProgress", "BatchRunner", "BatchSpec", "cancel_batch",
            "create_batch", "describe", "export_batch", "model_key", "pause_batch",

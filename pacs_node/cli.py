@@ -430,7 +430,7 @@ def studies(
 
     from storage import StudyRepository
 
-    from .node import NodeStartError, open_storage
+    from .index import NodeStartError, open_storage
 
     settings = _settings(config)
     try:
@@ -511,7 +511,7 @@ def rerun(
     queue.reconcile_interval_seconds). The new result replaces the current one."""
     from storage import StudyRepository, run_write, validate_uid
 
-    from .node import NodeStartError, open_storage
+    from .index import NodeStartError, open_storage
 
     uids = list(study_uids or [])
     if not uids and not failed:
@@ -560,7 +560,7 @@ app.add_typer(token_app, name="token")
 
 
 def _storage_for(config: Path):  # type: ignore[no-untyped-def]
-    from .node import NodeStartError, open_storage
+    from .index import NodeStartError, open_storage
 
     settings = _settings(config)
     try:
@@ -926,12 +926,15 @@ def batch_show(batch_id: BatchId, config: ConfigOption = Path("config.yaml"),
 
 
 def _batch_action(verb: str) -> Any:
-    from . import batches
-
-    action = {"pause": batches.pause_batch, "resume": batches.resume_batch,
-              "cancel": batches.cancel_batch, "retry-failed": batches.retry_failed}[verb]
+    name = {"pause": "pause_batch", "resume": "resume_batch", "cancel": "cancel_batch",
+            "retry-failed": "retry_failed"}[verb]
 
     def command(batch_id: BatchId, config: ConfigOption = Path("config.yaml")) -> None:
+        # Imported here, not when the command is registered: pacs_node.batches pulls in the
+        # pipeline and torch, which every other pacs-node command would pay for (1.5 s).
+        from . import batches
+
+        action = getattr(batches, name)
         result = _batch_call(config, lambda _s, sessions: action(sessions, batch_id,
                                                                  actor=_actor()))
         extra = f" ({result} studies)" if isinstance(result, int) else ""

@@ -12,19 +12,8 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
-from storage import (
-    FileStore,
-    create_engine_for,
-    keep_values_out_of_logs,
-    migrate,
-    session_factory,
-)
+from storage import keep_values_out_of_logs
 from workers.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
 from workers.pipeline import ModelCache, PipelineOptions, StudyPipeline
 
@@ -33,6 +22,7 @@ from .config import ConfigError, Settings
 from .delivery import DeliveryService
 from .dimse import DimseServer, MoveDestination
 from .http import HttpServer, create_app
+from .index import NodeStartError, Storage, open_storage
 from .tls import destination_contexts, server_context
 from .tracker import StudyTracker
 from .webhook import WebhookService
@@ -40,39 +30,6 @@ from .webhook import WebhookService
 __all__ = ["Node", "NodeStartError", "Storage", "open_storage", "pipeline_factory"]
 
 log = logging.getLogger(__name__)
-
-
-class NodeStartError(RuntimeError):
-    """The node cannot start (occupied port, unusable store...); the message says why."""
-
-
-@dataclass
-class Storage:
-    engine: Engine
-    sessions: sessionmaker[Session]
-    store: FileStore
-
-
-def open_storage(settings: Settings, *, clean: bool = True) -> Storage:
-    """Engine (migrated), session factory and file store of ``settings``.
-
-    Args:
-        clean: remove temp files left by interrupted writes. Only a process starting the
-            node may: a command run beside a running node (``token``, ``batch``, ``remote
-            test``) would delete the temp files of writes in progress.
-    """
-    root = Path(settings.storage.root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NodeStartError(f"storage.root {root} cannot be created: {exc.strerror}") from None
-    engine = create_engine_for(settings.storage.database_url)
-    migrate(engine)
-    store = FileStore(root)
-    removed = store.remove_temp_files() if clean else 0
-    if removed:
-        log.info("removed %d left-over temporary files from the store", removed)
-    return Storage(engine, session_factory(engine), store)
 
 
 def pipeline_factory(settings: Settings, storage: Storage) -> Callable[[], StudyPipeline]:
