@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from models.synth import generate_dataset, read_manifest
+from storage import create_engine_for
 
 from .conftest import (
     PACS_NODE,
@@ -83,13 +84,27 @@ def _create(node: NodeProcess, *args: str) -> int:
     return int(_cli(node, "create", *args).stdout.strip().splitlines()[-1])
 
 
+def _rows(node: NodeProcess, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a query on the node's index: its SQLite file, or its PostgreSQL database."""
+    url = str(node.settings["storage"]["database_url"])
+    if url.startswith("sqlite"):
+        return index_rows(node, sql, params)
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(r) for r in connection.exec_driver_sql(sql.replace("?", "%s"),
+                                                                 params).fetchall()]
+    finally:
+        engine.dispose()
+
+
 def _batch_state(node: NodeProcess, batch_id: int) -> str:
-    return str(index_rows(node, "SELECT state FROM batches WHERE id = ?", (batch_id,))[0][0])
+    return str(_rows(node, "SELECT state FROM batches WHERE id = ?", (batch_id,))[0][0])
 
 
 def _items(node: NodeProcess, batch_id: int) -> dict[str, tuple[str, str | None, int | None]]:
     """Per study of the batch: (item state, reason, job id)."""
-    return {uid: (state, reason, job) for uid, state, reason, job in index_rows(
+    return {uid: (state, reason, job) for uid, state, reason, job in _rows(
         node, "SELECT study_instance_uid, state, reason, job_id FROM batch_items "
               "WHERE batch_id = ?", (batch_id,))}
 
@@ -109,9 +124,11 @@ def _dead(node: NodeProcess) -> bool:
 
 def _node(tmp_path: Path, model: Path, remotes: list[dict[str, Any]], *,
           destinations: list[dict[str, Any]] | None = None,
-          batch: dict[str, Any] | None = None) -> NodeProcess:
+          batch: dict[str, Any] | None = None, database_url: str | None = None,
+          broker_url: str = "memory://") -> NodeProcess:
     node = make_node(tmp_path / "node", destinations=destinations,
-                     stable_seconds=STABLE_SECONDS,
+                     stable_seconds=STABLE_SECONDS, database_url=database_url,
+                     broker_url=broker_url,
                      extra={"batch": {"tick_seconds": 0.3, "max_attempts": 3,
                                       "backoff_initial_seconds": 0.5,
                                       "backoff_max_seconds": 1.0, **(batch or {})},
@@ -128,7 +145,7 @@ def _accession_file(path: Path, accessions: list[str]) -> Path:
 
 def _done_jobs(node: NodeProcess, batch_id: int) -> dict[str, int]:
     """Per study: how many done jobs the batch made for it."""
-    return {uid: n for uid, n in index_rows(
+    return {uid: n for uid, n in _rows(
         node, "SELECT s.study_instance_uid, count(*) FROM jobs j JOIN studies s "
               "ON s.id = j.study_id WHERE j.batch_id = ? AND j.state = 'done' "
               "GROUP BY s.study_instance_uid", (batch_id,))}
@@ -189,7 +206,7 @@ def test_three_batches_c_move_c_get_dicomweb_with_a_live_study_between(
     sent_at = time.monotonic()
 
     def live_done() -> bool:
-        return bool(index_rows(node, "SELECT 1 FROM jobs j JOIN studies s ON s.id = j.study_id "
+        return bool(_rows(node, "SELECT 1 FROM jobs j JOIN studies s ON s.id = j.study_id "
                                      "WHERE s.study_instance_uid = ? AND j.state = 'done'",
                                (live_uid,)))
     wait_for(live_done, timeout=120, what="the live study's result", interval=0.2)
@@ -202,7 +219,7 @@ def test_three_batches_c_move_c_get_dicomweb_with_a_live_study_between(
     assert sorted(items) == by_uid
     assert {state for state, _, _ in items.values()} == {"done"}
     assert set(_done_jobs(node, first).values()) == {1}
-    lanes = index_rows(node, "SELECT DISTINCT lane FROM jobs WHERE batch_id = ?", (first,))
+    lanes = _rows(node, "SELECT DISTINCT lane FROM jobs WHERE batch_id = ?", (first,))
     assert lanes == [(2,)]
     # --deliver none: no result of the batch went back to the PACS (the live study's did).
     assert _studies_with_results(pacs) <= {live_uid}
@@ -213,7 +230,7 @@ def test_three_batches_c_move_c_get_dicomweb_with_a_live_study_between(
     with out.open(newline="") as handle:
         rows = {r["study_instance_uid"]: r for r in csv.DictReader(handle)}
     assert sorted(rows) == by_uid
-    truth = {uid: (p, priority, version) for uid, p, priority, version in index_rows(
+    truth = {uid: (p, priority, version) for uid, p, priority, version in _rows(
         node, "SELECT s.study_instance_uid, r.fracture_probability, s.triage_priority, "
               "j.model_version FROM batch_items i JOIN jobs j ON j.id = i.job_id "
               "JOIN results r ON r.job_id = j.id JOIN studies s ON s.id = j.study_id "
@@ -243,11 +260,11 @@ def test_three_batches_c_move_c_get_dicomweb_with_a_live_study_between(
         u: "done" for u in second_studies}
 
     def delivered() -> bool:
-        return not index_rows(node, "SELECT 1 FROM exports e JOIN instances i ON "
+        return not _rows(node, "SELECT 1 FROM exports e JOIN instances i ON "
                                     "i.id = e.instance_id JOIN jobs j ON j.id = i.job_id "
                                     "WHERE j.batch_id = ? AND e.state != 'sent'", (second,))
     wait_for(delivered, timeout=120, what="the second batch's results at the PACS")
-    attempts = index_rows(node, "SELECT e.attempts FROM exports e JOIN instances i ON "
+    attempts = _rows(node, "SELECT e.attempts FROM exports e JOIN instances i ON "
                                 "i.id = e.instance_id JOIN jobs j ON j.id = i.job_id "
                                 "WHERE j.batch_id = ?", (second,))
     assert attempts and {a for a, in attempts} == {1}
@@ -278,7 +295,7 @@ def test_three_batches_c_move_c_get_dicomweb_with_a_live_study_between(
                     "--model", str(other))
     _wait_done(node, local, timeout=300)
     assert {s for s, _, _ in _items(node, local).values()} == {"done"}
-    versions = index_rows(node, "SELECT DISTINCT model_version FROM jobs WHERE batch_id = ?",
+    versions = _rows(node, "SELECT DISTINCT model_version FROM jobs WHERE batch_id = ?",
                           (local,))
     assert len(versions) == 1 and str(versions[0][0]).endswith("-b")
     shown = _cli(node, "show", str(local), "--json")
@@ -288,30 +305,39 @@ def test_three_batches_c_move_c_get_dicomweb_with_a_live_study_between(
     stop_process(getter.process)
 
 
-def test_a_batch_survives_kill_9_of_the_node(tmp_path: Path, tiny: Path) -> None:
+@pytest.mark.parametrize("queue", ["embedded", "celery"])
+def test_a_batch_survives_kill_9_of_the_node(tmp_path: Path, tiny: Path, queue: str,
+                                              request: pytest.FixtureRequest) -> None:
+    """Kill -9 mid-batch: of `pacs-node serve` with its embedded jobs, or of `serve` and its
+    `pacs-node worker` together (PostgreSQL index, Redis broker)."""
     studies = _studies(tmp_path / "synth", 8, seed=16)
     pacs = start_orthanc(tmp_path / "orthanc")
     _upload(pacs, studies)
+    services: dict[str, Any] = {}
+    if queue == "celery":
+        services = {"database_url": request.getfixturevalue("postgres_url_factory")(),
+                    "broker_url": request.getfixturevalue("redis_url_factory")()}
     node = _node(tmp_path, tiny, [{"name": "move", "ae_title": pacs.aet, "host": "127.0.0.1",
                              "port": pacs.dicom_port}],
                  destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                                "port": pacs.dicom_port}])
-    node.start()
+                                "port": pacs.dicom_port}], **services)
+    with_worker = queue == "celery"
+    node.start(with_worker=with_worker)
     pacs.put_modality("node", "PACSNODE", node.port)
     batch = _create(node, "--remote", "move", "--from", "19000101", "--deliver",
                     "destinations")
     wait_for(lambda: sum(1 for s, _, _ in _items(node, batch).values() if s == "done") >= 2,
              timeout=180, what="some studies done", interval=0.3)
-    node.stop(kill=True)
+    node.stop(kill=True)  # SIGKILL: the node, and the worker with Celery
     before = _items(node, batch)
     assert any(s != "done" for s, _, _ in before.values()), "the batch ended before the kill"
-    node.start()
+    node.start(with_worker=with_worker)
     _wait_done(node, batch, timeout=300)
     assert sorted(_items(node, batch)) == sorted(studies)
     assert _done_jobs(node, batch) == {uid: 1 for uid in studies}
 
     def delivered() -> bool:
-        return not index_rows(node, "SELECT 1 FROM exports WHERE state != 'sent'")
+        return not _rows(node, "SELECT 1 FROM exports WHERE state != 'sent'")
     wait_for(delivered, timeout=120, what="every result at the PACS")
     for uid in studies:
         srs, _ = result_uids(pacs, uid)
@@ -346,7 +372,7 @@ def test_items_wait_retry_and_fail_while_the_archive_is_down(tmp_path: Path, tin
         1 for s, _, _ in items.values() if s == "skipped")
     assert all("failed after 3 attempts" in (r or "") and "no association" in (r or "")
                for r in failed.values()), failed
-    attempts = index_rows(node, "SELECT DISTINCT attempts FROM batch_items WHERE batch_id = ? "
+    attempts = _rows(node, "SELECT DISTINCT attempts FROM batch_items WHERE batch_id = ? "
                                 "AND state = 'failed'", (batch,))
     assert attempts == [(3,)]
     jobs_before = _done_jobs(node, batch)
