@@ -213,6 +213,8 @@ def test_three_batches_c_move_c_get_dicomweb_with_a_live_study_between(
     live_seconds = time.monotonic() - sent_at
     left = [s for s, _, _ in _items(node, first).values() if s not in ("done", "skipped")]
     assert left, "the batch ended before the live study: it did not test the lanes"
+    print(f"\nlive study pushed during a 40-study batch: its result after {live_seconds:.1f} s "
+          f"(stable_seconds {STABLE_SECONDS:.0f}; {len(left)} batch studies still to go)")
     assert live_seconds <= STABLE_SECONDS + 15, live_seconds
     _wait_done(node, first, timeout=600)
     items = _items(node, first)
