@@ -66,6 +66,7 @@ test: install peers
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy pacs_node workers models storage
 
 bench: install
 	$(PY) benchmarks/synth_speed.py

@@ -12,7 +12,7 @@ import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
@@ -25,6 +25,9 @@ from .preprocess import Affine2D, PreparedView, prepare_view
 from .supervision import MAX_BOXES, MAX_POINTS, MAX_VIEWS, TrainBatch
 from .synth import MANIFEST_NAME
 from .synth import read_manifest as read_manifest_lines
+
+if TYPE_CHECKING:
+    from .preprocess.pipeline import ResizeMode
 
 __all__ = [
     "LABEL_SETS",
@@ -168,7 +171,7 @@ def _geometry_on_input(entry: dict[str, Any], transform: Affine2D
     return roi, _padded(boxes, MAX_BOXES, 4), _padded(points, MAX_POINTS, 2)
 
 
-def _prepare_one(job: tuple[Path, dict[str, Any], int, str, str, bool, bool]
+def _prepare_one(job: tuple[Path, dict[str, Any], int, str, ResizeMode, bool, bool]
                  ) -> tuple[PreparedView, int, int, list[float], list[list[float]],
                             list[list[float]]]:
     """Decode and preprocess one manifest entry (top level, so worker processes can run it)."""
@@ -193,7 +196,7 @@ def prepare_dataset(
     *,
     size: int,
     label_set: str = "binary",
-    mode: str = "pad",
+    mode: ResizeMode = "pad",
     align: bool = False,
     heuristic_inversion: bool = False,
     workers: int = 1,
@@ -270,6 +273,9 @@ class AugmentedViews(Dataset[ViewSample]):
     def __getitem__(self, index: int) -> ViewSample:
         d = self.data
         image = d.images[index].float().unsqueeze(0)
+        # with_geometry's types; None only when given None
+        stacked: torch.Tensor | None
+        points: torch.Tensor | None
         roi, boxes, points = d.rois[index], d.boxes[index], d.points[index]
         if self.augmenter is not None:
             g = torch.Generator().manual_seed(
@@ -320,7 +326,9 @@ def collate_batch(samples: Sequence[Any]) -> TrainBatch:
     """Collate :class:`AugmentedViews` or :class:`AugmentedStudies` samples to a batch."""
     if isinstance(samples[0][1], torch.Tensor) and samples[0][1].dtype == torch.bool:
         fields = [torch.stack([s[0][k] for s in samples]) for k in range(5)]
-        return TrainBatch(*fields, mask=torch.stack([s[1] for s in samples]))
+        return TrainBatch(  # the five fields: images, labels, rois, boxes, points
+            *cast("tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]",
+                  fields), mask=torch.stack([s[1] for s in samples]))
     fields = [torch.stack([s[k] for s in samples]) for k in range(5)]
     return TrainBatch(*fields)
 

@@ -4,6 +4,7 @@ sampler (seed 004 §4.3, eq. 4.3)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch.utils.data import WeightedRandomSampler
@@ -54,7 +55,8 @@ def balanced_sampler(
     n_min = int(counts[counts > 0].min())
     present = int((counts > 0).sum())
     return WeightedRandomSampler(
-        sample_probabilities(labels, num_classes),
+        # torch takes a tensor of weights (torch.as_tensor); its stub says Sequence[float]
+        cast("Sequence[float]", sample_probabilities(labels, num_classes)),
         num_samples=present * n_min,
         replacement=False,
         generator=generator,

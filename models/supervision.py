@@ -22,9 +22,9 @@ default collate works: a view has at most ``MAX_POINTS`` points and ``MAX_BOXES`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -76,12 +76,15 @@ class TrainBatch:
         return (self.images, self.labels, self.rois, self.boxes, self.points, self.mask)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> TrainBatch:
-        return TrainBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
-                            for t in self._fields()))
+        # Only ``mask`` may be None, and it stays None.
+        return TrainBatch(*cast("Iterator[Any]", (
+            None if t is None else t.to(device, non_blocking=non_blocking)
+            for t in self._fields())))
 
     def pin_memory(self) -> TrainBatch:
         """Page-locked copies, called by ``DataLoader(pin_memory=True)`` for faster uploads."""
-        return TrainBatch(*(None if t is None else t.pin_memory() for t in self._fields()))
+        return TrainBatch(*cast("Iterator[Any]", (
+            None if t is None else t.pin_memory() for t in self._fields())))
 
 
 @dataclass

@@ -23,15 +23,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlencode
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
-from pynetdicom.sop_class import (
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import, untyped
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -43,6 +43,9 @@ from storage import is_valid_uid
 from .config import Remote
 from .receive import Receiver, Refused
 
+if TYPE_CHECKING:
+    from pynetdicom.pdu_primitives import _UI
+
 __all__ = ["ArchiveClient", "ArchiveError", "DicomwebArchive", "Retrieved", "StudyRef"]
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,9 @@ _PENDING = (0xFF00, 0xFF01)
 _OUT_OF_RESOURCES = 0xA702
 # C-GET: storage classes an X-ray archive sends (the SCP role needs one context each, and
 # an association has 128 at most, Query/Retrieve's included).
-_GET_STORAGE = [cx.abstract_syntax for cx in StoragePresentationContexts][:120]
+# build_context always sets the abstract syntax (typed UID | None)
+_GET_STORAGE = cast("list[str]",
+                    [cx.abstract_syntax for cx in StoragePresentationContexts][:120])
 
 
 class ArchiveError(Exception):
@@ -111,13 +116,13 @@ class ArchiveClient:
 
     @contextmanager
     def _association(self, contexts: Sequence[str], *, roles: Sequence[str] = (),
-                     handlers: Sequence[tuple[object, object]] = ()) -> Iterator[Association]:
+                     handlers: Sequence[EventHandlerType] = ()) -> Iterator[Association]:
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         ae.connection_timeout = self.timeout
         for context in contexts:
             ae.add_requested_context(context, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        negotiation = [build_role(sop_class, scp_role=True) for sop_class in roles]
+        negotiation: list[_UI] = [build_role(sop_class, scp_role=True) for sop_class in roles]
         tls_args = (self.tls_context, self.host) if self.tls_context else None
         assoc = ae.associate(self.host, self.port, ae_title=self.ae_title,
                              ext_neg=negotiation or None, evt_handlers=list(handlers) or None,
@@ -452,9 +457,9 @@ class DicomwebArchive:
         completed = failed = 0
         try:
             valid = []
-            for path in paths:
+            for part in paths:  # not `path`: that is the str URL path above
                 try:
-                    valid.append((path, receiver.validate(path, study=study_uid)))
+                    valid.append((part, receiver.validate(part, study=study_uid)))
                 except Refused as exc:
                     failed += 1
                     log.warning("WADO-RS from %s: part refused (0x%04X): %s", self.name,
@@ -465,8 +470,8 @@ class DicomwebArchive:
                 else:
                     completed += 1
         finally:
-            for path in paths:
-                path.unlink(missing_ok=True)
+            for part in paths:
+                part.unlink(missing_ok=True)
         if completed == 0:
             raise ArchiveError(f"{self.name}: WADO-RS of study {study_uid} stored nothing "
                                f"({failed} parts refused)")

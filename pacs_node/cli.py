@@ -199,7 +199,7 @@ def train(
         def on_batch(step: int, total: int) -> None:
             bar.update(task, completed=step, total=total)
 
-        def on_epoch(record: dict[str, object]) -> None:
+        def on_epoch(record: dict[str, Any]) -> None:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in record.items())
             bar.console.print(shown)

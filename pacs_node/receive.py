@@ -10,7 +10,7 @@ indexed (:func:`storage.ingest`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -232,8 +232,8 @@ class Receiver:
             raise outcome
         return outcome
 
-    def store_many(self, items: list[tuple[bytes | Path | WrittenFile | StagedFile,
-                                           InstanceMeta]], *,
+    def store_many(self, items: Sequence[tuple[bytes | Path | WrittenFile | StagedFile,
+                                               InstanceMeta]], *,
                    calling_ae: str) -> list[Received | Refused]:
         """:meth:`store_instance` for several validated instances (one STOW-RS request:
         indexed in few transactions, :func:`storage.ingest_many`); each one's result."""

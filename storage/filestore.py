@@ -283,7 +283,8 @@ class FileStore:
             _fsync_dir(new.parent)
 
     @staticmethod
-    def _chunks(data: Data) -> Iterable[bytes | bytearray | memoryview]:
+    def _chunks(data: bytes | bytearray | memoryview | Path | Iterable[bytes]
+                ) -> Iterable[bytes | bytearray | memoryview]:
         if isinstance(data, bytes | bytearray | memoryview):
             yield data
         elif isinstance(data, Path):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
@@ -90,6 +91,7 @@ def ingest_many(store: FileStore, sessions: sessionmaker[Session],
     now = now or utcnow()
     results: list[StoreOutcome | StorageError | None] = [None] * len(items)
     staged: dict[int, StagedFile] = {}
+    outcome: StoreOutcome | StorageError | None
     try:
         for i, (data, meta) in enumerate(items):
             if isinstance(data, StagedFile):  # staged by the caller already (STOW-RS)
@@ -129,8 +131,9 @@ def ingest_many(store: FileStore, sessions: sessionmaker[Session],
                     continue
                 for i in chunk:  # one by one, so only the instance at fault fails
                     try:
-                        results[i] = run_write(
-                            sessions, lambda session, i=i: index(session, [i])[0])
+                        results[i] = run_write(sessions, cast(
+                            "Callable[[Session], StoreOutcome]",
+                            lambda session, i=i: index(session, [i])[0]))
                     except StorageError as single:
                         results[i] = single
     finally:

@@ -237,7 +237,7 @@ def _resumed(original: Any) -> Any:
         if original(self):
             return True
         if _awaits_first_pdu(self):
-            raw = getattr(self.socket, "socket", None)
+            raw: Any = getattr(self.socket, "socket", None)  # None once closed: TypeError
             try:
                 select.select([raw], [], [], _IDLE_WAIT)
             except (OSError, TypeError, ValueError):  # closed meanwhile: the reactor sees it

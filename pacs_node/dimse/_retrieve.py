@@ -16,13 +16,14 @@ import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
+from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -223,7 +224,8 @@ def _unsendable(match: InstanceMatch) -> Dataset:
     stub.SOPClassUID = match.SOPClassUID
     stub.SOPInstanceUID = match.SOPInstanceUID
     stub.file_meta = pydicom.dataset.FileMetaDataset()
-    stub.file_meta.TransferSyntaxUID = _NEVER_NEGOTIATED
+    # pydicom types the attribute as UID; a str is converted to one on assignment
+    stub.file_meta.TransferSyntaxUID = _NEVER_NEGOTIATED  # type: ignore[assignment]
     return stub
 
 
@@ -268,7 +270,7 @@ def handle_move(event: Event, context: RetrieveContext) -> Iterator[Any]:
     """EVT_C_MOVE handler: yields the destination ``(host, port, options)``, the number of
     sub-operations, then ``(0xFF00, dataset)`` per instance. Never raises."""
     calling_ae = _calling_ae(event)
-    destination_ae = str(event.request.MoveDestination or "").strip()
+    destination_ae = str(cast(C_MOVE, event.request).MoveDestination or "").strip()
     destination = context.move_destinations.get(destination_ae)
     if destination is None:
         log.warning("C-MOVE from %r refused: move destination %r is not configured "

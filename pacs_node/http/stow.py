@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -125,9 +125,9 @@ class _Upload:
         self._field = b""
         self._value = b""
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stow-part")
-        self._pending: deque[Future[None]] = deque()
+        self._pending: deque[Future[object]] = deque()
 
-    async def feed(self, work: Callable[[], None]) -> None:
+    async def feed(self, work: Callable[[], object]) -> None:
         """Run ``work`` on the upload's thread after what was fed before; wait only when
         :data:`_AHEAD` pieces are waiting already. An error of an earlier piece is raised."""
         self._pending.append(self._worker.submit(work))
@@ -390,15 +390,15 @@ async def _stow(request: Request, study: str | None) -> Response:
     return _answer(request, outcomes, study)
 
 
-_DOC = {"responses": {200: {"content": {DICOM_JSON: {}}}}}
+_DOC: dict[str, Any] = {"responses": {200: {"content": {DICOM_JSON: {}}}}}
 
 
-@router.post("/studies", summary="Store instances", **_DOC)  # type: ignore[arg-type]
+@router.post("/studies", summary="Store instances", **_DOC)
 async def store_instances(request: Request) -> Response:
     return await _stow(request, None)
 
 
 @router.post("/studies/{study}", summary="Store instances of one study",
-             **_DOC)  # type: ignore[arg-type]
+             **_DOC)
 async def store_study_instances(study: str, request: Request) -> Response:
     return await _stow(request, checked_uid(study, "study"))

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
@@ -165,7 +165,8 @@ def _retrieve(request: Request, service: RetrieveService,
                 yield content_type, _file_chunks(service.path(match))
             else:
                 data = service.explicit_little(match)  # bounded by storage.max_pixels
-                yield content_type, lambda data=data: iter((data,))
+                yield content_type, cast("Callable[[], Iterator[bytes]]",
+                                         lambda data=data: iter((data,)))
 
     for match, out in plan:  # refuse before streaming what cannot be decoded
         if out != match.transfer_syntax_uid and UID(match.transfer_syntax_uid).is_compressed:
@@ -211,8 +212,8 @@ def _metadata(request: Request, service: RetrieveService,
         url = (f"{base}{prefix}/studies/{match.StudyInstanceUID}/series/"
                f"{match.SeriesInstanceUID}/instances/{match.SOPInstanceUID}")
         try:
-            documents.append(service.metadata(match, lambda tag, url=url:
-                                              f"{url}/bulkdata/{tag}"))
+            documents.append(service.metadata(match, cast(
+                "Callable[[str], str]", lambda tag, url=url: f"{url}/bulkdata/{tag}")))
         except NotFound:
             continue  # the file went between the query and the read (superseded)
     return DicomJSONResponse(documents)

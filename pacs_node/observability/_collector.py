@@ -121,14 +121,14 @@ class IndexCollector(Collector):
             ages[name] = max(ages.get(name, 0.0), (now - oldest).total_seconds())
         pending = GaugeMetricFamily("pacsnode_exports_pending", "Result objects waiting to "
                                     "be sent, per destination", labels=["destination"])
-        oldest = GaugeMetricFamily("pacsnode_exports_oldest_pending_age_seconds",
-                                   "Age of the oldest object waiting to be sent, per "
-                                   "destination (0: none waits)", labels=["destination"])
+        oldest_age = GaugeMetricFamily("pacsnode_exports_oldest_pending_age_seconds",
+                                       "Age of the oldest object waiting to be sent, per "
+                                       "destination (0: none waits)", labels=["destination"])
         for name in sorted(counts):
             pending.add_metric([name], counts[name])
-            oldest.add_metric([name], max(0.0, ages[name]))
+            oldest_age.add_metric([name], max(0.0, ages[name]))
         yield pending
-        yield oldest
+        yield oldest_age
 
     def _store_families(self) -> Iterator[GaugeMetricFamily]:
         free = GaugeMetricFamily("pacsnode_store_free_bytes", "Free bytes on the store's "

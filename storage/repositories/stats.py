@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from ..schema import Export, ExportState, Instance, Job, JobState, Result, Study
 
@@ -39,7 +40,7 @@ class DeliveredJob:
     priority: str | None
 
 
-def _column(model: type, name: str) -> object | None:
+def _column(model: type, name: str) -> InstrumentedAttribute[Any] | None:
     """A column the schema may not have yet (``studies.triage_priority``, ``jobs.lane``:
     added by the triage migration); None when absent."""
     return getattr(model, name, None)

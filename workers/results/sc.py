@@ -159,9 +159,10 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
         coding_schemes=[c.IHE_CODING_SCHEME],
         transfer_syntax_uid=syntax,
     )
-    sc.PatientOrientation = _orientation(source)
+    # highdicom infers list[str] from its own assignment; None leaves the Type 2C value empty
+    sc.PatientOrientation = _orientation(source)  # type: ignore[assignment]
     if needs_laterality and "Laterality" not in sc:
-        sc.Laterality = None  # Type 2C: the side is unknown
+        sc.Laterality = None  # type: ignore[assignment]  # Type 2C: the side is unknown
     elif not needs_laterality and "Laterality" in sc:
         del sc.Laterality  # Type 2C: Image Laterality carries the side
     if source.get("ImageLaterality"):
@@ -190,7 +191,8 @@ def _build_one(index: int, view: ViewResult, study: StudyResult, algorithm: Algo
         part for part in ("Machine-generated result, not reviewed by a physician.", notice,
                           repaired) if part
     )[:10240]
-    sc.ContributingEquipmentSequence.append(contributing_algorithm(algorithm))
+    # highdicom's inferred item type; a plain Dataset item is valid
+    sc.ContributingEquipmentSequence.append(contributing_algorithm(algorithm))  # type: ignore[arg-type]
     set_implementation(sc.file_meta)
     return sc
 

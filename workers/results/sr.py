@@ -462,6 +462,7 @@ def build_sr(
         coding_schemes=schemes,
         previous_versions=list(previous_versions) or None,
     )
-    sr.ContributingEquipmentSequence.append(contributing_algorithm(algorithm))
+    # highdicom's inferred item type; a plain Dataset item is valid
+    sr.ContributingEquipmentSequence.append(contributing_algorithm(algorithm))  # type: ignore[arg-type]
     set_implementation(sr.file_meta)
     return sr
