@@ -348,7 +348,7 @@ def test_a_batch_survives_kill_9_of_the_node(tmp_path: Path, tiny: Path, queue: 
 
 def test_items_wait_retry_and_fail_while_the_archive_is_down(tmp_path: Path, tiny: Path
                                                              ) -> None:
-    studies = _studies(tmp_path / "synth", 6, seed=17)
+    studies = _studies(tmp_path / "synth", 8, seed=17)
     pacs = start_orthanc(tmp_path / "orthanc", trixie=True)
     _upload(pacs, studies)
     node = _node(tmp_path, tiny, [{"name": "get", "ae_title": pacs.aet, "host": "127.0.0.1",
@@ -362,9 +362,19 @@ def test_items_wait_retry_and_fail_while_the_archive_is_down(tmp_path: Path, tin
                                  [s["accession"] for s in studies.values()])
     batch = _create(node, "--remote", "get", "--accessions", str(accessions),
                     "--max-retrieves", "1")
-    wait_for(lambda: sum(1 for s, _, _ in _items(node, batch).values() if s == "done") >= 2,
-             timeout=180, what="two studies done", interval=0.2)
+
+    def states() -> list[str]:  # every item (those of unresolved accessions have no UID)
+        return [str(s) for s, in _rows(node, "SELECT state FROM batch_items WHERE batch_id = ?",
+                                       (batch,))]
+    wait_for(lambda: states().count("done") >= 1 and states().count("pending") >= 2,
+             timeout=180, what="a study done, two still to retrieve", interval=0.1)
+    # The archive goes down with studies still to pull: paused, nothing new starts (jobs
+    # are quick, a retrieve could otherwise outrun Orthanc's stop); what is under way ends.
+    _cli(node, "pause", str(batch))
+    wait_for(lambda: "retrieving" not in states(), timeout=60, what="retrieves under way")
+    assert "pending" in states(), states()
     stop_process(pacs.process)
+    _cli(node, "resume", str(batch))
     # Items wait with backoff, then fail with the reason once their attempts are spent.
     _wait_done(node, batch, timeout=180)
     items = _items(node, batch)
