@@ -26,7 +26,7 @@ for it) with a reader that collects the PDU in slices of :data:`_SLICE` seconds:
   for its first byte in ``poll`` for up to :data:`_IDLE_WAIT` seconds instead of
   pynetdicom's 1 ms polling: 40 such connections kept the reactors of a node busy with 1.2
   cores of a 2-core machine, and its answers to everyone else slowed down; now 40 cost
-  a tenth of a core (9% measured), and the first byte is read the moment it arrives.
+  about 5% of a core, and the first byte is read the moment it arrives.
 
 It also wraps ``DULServiceProvider._decode_pdu``: an association PDU must convert to its
 primitive while it is decoded (pynetdicom converts it later, inside its state machine,
